@@ -1,0 +1,186 @@
+"""Checkpoints: trainable weights (+ config and metadata) saved atomically and loaded strictly, and the converter for the released Whisper-LLaDA checkpoint.
+
+A checkpoint is one safetensors file holding only the trainable tensors (projector, LoRA factors,
+CTC head: the frozen Whisper and LLaDA weights come from their own directories), with the config
+and metadata as JSON in the safetensors header.
+
+    python -m whisper_llada.checkpoint convert RELEASED.pth OUT.safetensors [--config YAML]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from whisper_llada.model import WhisperLLaDA
+
+# Released `whisper-large-v3-llada-checkpoint_best_epoch_143.pth` key -> our key. The 22 keys the
+# ASR forward never uses (the Q-Former's word/position embeddings, text-token FFN and MLM head)
+# are dropped; see shared/reference/diffusion_asr_checkpoint_keys.md, section 3.
+RELEASED_KEY_RULES: tuple[tuple[str, str | None], ...] = (
+    (r"speech_query_tokens", "projector.query_tokens"),
+    (r"linear_proj\.(weight|bias)", r"projector.linear_proj.\1"),
+    (r"adapter\.bert\.embeddings\.LayerNorm\.(weight|bias)", r"projector.bert.embeddings.LayerNorm.\1"),
+    (
+        r"adapter\.bert\.encoder\.layer\.(\d+)\.((attention|crossattention|intermediate_query|output_query)\..+)",
+        r"projector.bert.encoder.layer.\1.\2",
+    ),
+    (r"(llada\.base_model\.model\.model\.transformer\.blocks\.\d+\.\w+\.lora_[AB]\.default\.weight)", r"\1"),
+    (r"adapter\.bert\.embeddings\.(word_embeddings|position_embeddings)\.weight", None),
+    (r"adapter\.bert\.embeddings\.position_ids", None),
+    (r"adapter\.bert\.encoder\.layer\.\d+\.(intermediate|output)\..+", None),
+    (r"adapter\.cls\..+", None),
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the model it is loaded into."""
+
+
+def save_checkpoint(
+    model: WhisperLLaDA, path: str | Path, *, config: dict[str, Any], metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write the trainable tensors of `model` to `path` atomically (temp file, then rename)."""
+    tensors = {name: p.detach().to("cpu") for name, p in model.trainable_parameters().items()}
+    return write_checkpoint(tensors, path, config=config, metadata=metadata or {})
+
+
+def write_checkpoint(
+    tensors: dict[str, torch.Tensor], path: str | Path, *, config: dict[str, Any], metadata: dict[str, Any]
+) -> Path:
+    """Write tensors with JSON config/metadata as one safetensors file, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"config": json.dumps(config), "metadata": json.dumps(metadata)}
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path, metadata=header)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Return (tensors, config, metadata) of a checkpoint written by `save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+    return tensors, json.loads(header.get("config", "{}")), json.loads(header.get("metadata", "{}"))
+
+
+def load_checkpoint(model: WhisperLLaDA, path: str | Path) -> dict[str, Any]:
+    """Load trainable weights strictly into `model`; return the stored metadata.
+
+    Every tensor in the file must match a parameter of the model by name and shape, and every
+    trainable parameter of the model must be in the file; parameters absent from the file must
+    be frozen ones (they come from the pretrained directories).
+    """
+    tensors, _, metadata = read_checkpoint(path)
+    load_trainable_state(model, tensors, source=str(path))
+    return metadata
+
+
+def load_trainable_state(model: WhisperLLaDA, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+    params = dict(model.named_parameters())
+    trainable = model.trainable_parameters()
+    unexpected = sorted(set(tensors) - set(params))
+    missing = sorted(set(trainable) - set(tensors))
+    mismatched = sorted(
+        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(params[k].shape)}"
+        for k in set(tensors) & set(params)
+        if tensors[k].shape != params[k].shape
+    )
+    problems = [
+        (f"{len(names)} {what}: " + ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
+        for what, names in (("unexpected keys", unexpected), ("missing trainable keys", missing),
+                            ("shape mismatches", mismatched))
+        if names
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{source} does not match this model ({'; '.join(problems)}). Build the model with the "
+            "config the checkpoint was trained with (it is stored in the file)."
+        )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor.to(params[name].dtype))
+
+
+def convert_released_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the released Whisper-LLaDA "model" entry to this project's names.
+
+    Raises CheckpointError for a key no rule knows (a different checkpoint).
+    """
+    converted: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, tensor in state.items():
+        for pattern, target in RELEASED_KEY_RULES:
+            if re.fullmatch(pattern, key):
+                if target is not None:
+                    converted[re.sub(pattern, target, key)] = tensor.clone()
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(
+            f"{len(unknown)} keys are not from the released Whisper-LLaDA checkpoint: "
+            + ", ".join(unknown[:10])
+        )
+    return converted
+
+
+def convert_released_checkpoint(
+    source: str | Path, out: str | Path, *, config: dict[str, Any] | None = None
+) -> Path:
+    """Convert `whisper-large-v3-llada-checkpoint_best_epoch_143.pth` to a checkpoint of ours."""
+    source = Path(source)
+    if not source.is_file():
+        raise CheckpointError(f"released checkpoint not found: {source}")
+    payload = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"{source} has no 'model' entry: not a released Whisper-LLaDA checkpoint")
+    return write_checkpoint(
+        convert_released_state_dict(payload["model"]),
+        out,
+        config=config or {},
+        metadata={"converted_from": source.name, "epoch": payload.get("epoch")},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Whisper-LLaDA checkpoint tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    convert = sub.add_parser("convert", help="convert the released .pth checkpoint")
+    convert.add_argument("source", type=Path)
+    convert.add_argument("out", type=Path)
+    convert.add_argument("--config", type=Path, help="YAML config to store with the weights")
+    args = parser.parse_args()
+    config = None
+    if args.config is not None:
+        from whisper_llada.config import load_config, to_dict
+
+        config = to_dict(load_config(args.config))
+    out = convert_released_checkpoint(args.source, args.out, config=config)
+    tensors, _, _ = read_checkpoint(out)
+    print(f"wrote {out}: {len(tensors)} tensors, {sum(t.numel() for t in tensors.values()):,} values")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Configuration: typed, frozen dataclasses per concern, loaded strictly from YAML.
+
+A YAML file holds one mapping per section (`model`, `audio`, `loss`); every key is checked against
+the dataclass fields and its type, so a typo or a wrong type stops the run with a message that
+names the key and lists the valid ones. Command-line overrides use the same path syntax and the
+same checks: `model.lora.r=16`, `audio.pad_to_30s=false`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not match the schema."""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    n_mels: int = 128
+    pad_to_30s: bool = True  # faithful: every utterance padded to 30 s (352 Q-Former vectors)
+    max_seconds: float = 30.0
+    too_long: Literal["truncate", "error"] = "truncate"
+    min_seconds: float = 0.0  # Whisper-LLaDA's training pads clips under 1 s with silence
+
+
+@dataclass(frozen=True)
+class QFormerConfig:
+    second_per_window: float = 0.333333
+    second_stride: float = 0.333333
+    num_queries: int = 4
+    num_layers: int = 2
+    hidden: int = 768
+    num_heads: int = 12
+    ffn: int = 3072
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class ConvAdapterConfig:
+    pool: int = 2  # Whisper's 50 Hz -> 25 Hz, the rate dLLM-ASR's encoder runs at
+    kernel: int = 3
+    stride: int = 2  # 25 Hz -> 12.5 Hz
+    hidden: int = 2048
+
+
+@dataclass(frozen=True)
+class FrameStackConfig:
+    stack: int = 5
+    hidden: int = 2048
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 8  # 0 disables LoRA (the LLM stays fully frozen)
+    alpha: int = 32
+    dropout: float = 0.1
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+
+
+@dataclass(frozen=True)
+class CTCConfig:
+    enabled: bool = False
+    weight: float = 0.3  # joint loss = diffusion + weight * CTC
+    bottleneck: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    whisper_path: str = ""
+    llada_path: str = ""
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # frozen encoder and LLM
+    train_encoder: bool = False
+    projector: Literal["qformer", "conv_adapter", "frame_stack"] = "qformer"
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    conv_adapter: ConvAdapterConfig = field(default_factory=ConvAdapterConfig)
+    frame_stack: FrameStackConfig = field(default_factory=FrameStackConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    ctc: CTCConfig = field(default_factory=CTCConfig)
+    prompt: str = "Transcribe the audio:"
+    answer_suffix: Literal["none", "eot"] = "none"  # dLLM-ASR ends targets with <|eot_id|>
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: Literal["whisper_llada", "llada_sft"] = "whisper_llada"
+    eps: float = 1e-3  # llada_sft only: p_mask = (1 - eps) t + eps
+    full_mask_prob: float = 0.0  # dLLM-ASR masks every answer token in 20 % of batches
+    answer_end: Literal["batch_padding", "eos"] = "batch_padding"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config strictly and apply `section.key=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides:
+        _apply_override(data, override)
+    try:
+        return from_dict(Config, data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from a nested mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(
+                f"unknown key '{where}{key}'; valid keys{' of ' + where[:-1] if where else ''}: "
+                + ", ".join(names)
+            )
+    values = {key: _coerce(hints[key], value, f"{where}{key}") for key, value in data.items()}
+    return cls(**values)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples as lists), e.g. to store in a checkpoint."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, f"{where}.")
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(get_args(hint))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(option, value, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError("; ".join(errors))
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = get_args(hint)[:1]
+        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int | str) and not isinstance(value, bool):
+        try:  # YAML 1.1 reads 1e-5 (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so 1e-5, true, [a, b])."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: '{part}' is not a section")
+    node[leaf] = yaml.safe_load(raw)

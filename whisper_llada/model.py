@@ -1,0 +1,157 @@
+"""Composite Whisper-LLaDA model: encoder -> projector -> [prompt; audio; answer] -> LLaDA, plus the CTC prior.
+
+The model takes already-built modules (see `build.build_model` for the one place that loads
+pretrained weights), so tests can assemble it from tiny parts. It owns the freeze policy: the
+encoder is frozen and kept in eval mode unless `train_encoder`; the LLM's base weights are frozen
+(LoRA factors, when present, are trainable); projector and CTC head are trainable.
+
+Sequence layout, exactly as Whisper-LLaDA: the chat-templated prompt (user turn "Transcribe the
+audio:" and the assistant header), then the audio vectors, then the answer. With true-length
+audio the rows of a batch have different numbers of audio vectors; each row is packed so that its
+real tokens come first and all padding sits at the end, which gives every row the rotary
+positions it would have alone (batched equals per-utterance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from whisper_llada.encoder import encode, encoder_output_lengths
+from whisper_llada.prompt import SpecialTokens
+
+
+@dataclass
+class AudioEncoding:
+    """Audio vectors of a batch, already at the LLM width."""
+
+    vectors: torch.Tensor  # (B, A, D)
+    lengths: torch.Tensor  # (B,) real vectors per row
+
+
+@dataclass
+class PackedInputs:
+    embeds: torch.Tensor  # (B, S, D) with S = P + A + L
+    key_mask: torch.Tensor  # (B, S) True = real token
+    position_ids: torch.Tensor  # (B, S)
+    answer_positions: torch.Tensor  # (B, L) where each answer slot sits in the sequence
+
+
+class WhisperLLaDA(nn.Module):
+    """Speech recogniser: frozen Whisper encoder, trainable projector, LLaDA (+ LoRA), CTC head.
+
+    Args:
+        encoder: transformers `WhisperEncoder` (see `encoder.load_whisper_encoder`).
+        projector: one of the modules of `projector.py` (frames -> LLM-width vectors).
+        llada: `LLaDAModelLM`, or the peft `PeftModel` wrapping it (attribute name `llada`
+            keeps the released checkpoint's key names `llada.base_model.model.*`).
+        prompt_ids: token ids of the chat-templated instruction, assistant header included.
+        special: special token ids of the tokenizer.
+        ctc_head: optional `ctc.CTCHead` (the dLLM-ASR prior).
+        train_encoder: fine-tune the encoder too (default: frozen, eval mode, no autograd graph).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        projector: nn.Module,
+        llada: nn.Module,
+        prompt_ids: list[int],
+        special: SpecialTokens,
+        *,
+        ctc_head: nn.Module | None = None,
+        train_encoder: bool = False,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+        self.llada = llada
+        self.ctc_head = ctc_head
+        self.special = special
+        self.train_encoder = train_encoder
+        self.register_buffer("prompt_ids", torch.tensor(prompt_ids, dtype=torch.long), persistent=False)
+        self.encoder.requires_grad_(train_encoder)
+        if not any("lora_" in name for name, _ in llada.named_parameters()):
+            self.llada.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> WhisperLLaDA:
+        super().train(mode)
+        if not self.train_encoder:
+            self.encoder.eval()
+        return self
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter the optimiser, DDP and checkpoints see, by name."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}
+
+    @property
+    def llm_dtype(self) -> torch.dtype:
+        return self.embedding_weight.dtype
+
+    @property
+    def embedding_weight(self) -> torch.Tensor:
+        """The LLM's input embedding matrix (V, D)."""
+        return self.llada.get_input_embeddings().weight
+
+    def encode_audio(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> AudioEncoding:
+        """Log-mel (B, n_mels, T) with valid lengths (B,) -> LLM-width audio vectors."""
+        frames, frame_mask = encode(self.encoder, mel, mel_lengths)  # (B, F, D_enc)
+        vectors, vector_mask = self.projector(frames, frame_mask)  # (B, A, D)
+        lengths = self.projector.output_lengths(encoder_output_lengths(mel_lengths))
+        assert torch.equal(lengths.to(vector_mask.device), vector_mask.sum(1)), "projector lengths"
+        return AudioEncoding(vectors=vectors, lengths=vector_mask.sum(1))
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llada.get_input_embeddings()(ids)
+
+    def pack(
+        self, audio: AudioEncoding, answer_ids: torch.Tensor, answer_lengths: torch.Tensor | None = None
+    ) -> PackedInputs:
+        """Lay out [prompt; audio; answer] per row with all padding moved to the end.
+
+        Args:
+            audio: vectors (B, A, D) and their real counts (B,).
+            answer_ids: (B, L) answer tokens (MASK where noised).
+            answer_lengths: (B,) real answer tokens per row; None = all L.
+        """
+        batch, num_audio, _ = audio.vectors.shape
+        answer_len = answer_ids.shape[1]
+        device = answer_ids.device
+        prompt = self.embed_tokens(self.prompt_ids).unsqueeze(0).expand(batch, -1, -1)  # (B, P, D)
+        answer = self.embed_tokens(answer_ids)  # (B, L, D)
+        vectors = audio.vectors.to(answer.dtype)
+        stacked = torch.cat([prompt, vectors, answer], dim=1)  # (B, P + A + L, D), pads mid-row
+        prefix = self.prompt_ids.numel() + audio.lengths.to(device).unsqueeze(1)  # (B, 1)
+        slot = torch.arange(stacked.shape[1], device=device).unsqueeze(0)  # (1, S)
+        in_answer = (slot >= prefix) & (slot < prefix + answer_len)
+        source = torch.where(slot < prefix, slot, slot - answer_len)  # audio padding moves last
+        source = torch.where(in_answer, slot - prefix + self.prompt_ids.numel() + num_audio, source)
+        embeds = stacked.gather(1, source.unsqueeze(-1).expand(-1, -1, stacked.shape[2]))
+        if answer_lengths is None:
+            answer_lengths = torch.full((batch,), answer_len, device=device)
+        key_mask = slot < prefix + answer_lengths.to(device).unsqueeze(1)
+        answer_positions = prefix + torch.arange(answer_len, device=device).unsqueeze(0)
+        position_ids = slot.expand(batch, -1)
+        return PackedInputs(embeds, key_mask, position_ids, answer_positions)
+
+    def answer_logits(
+        self, audio: AudioEncoding, answer_ids: torch.Tensor, answer_lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (B, L, V) of the LLM at the answer slots, given audio and a (noisy) answer."""
+        packed = self.pack(audio, answer_ids, answer_lengths)
+        output = self.llada(
+            inputs_embeds=packed.embeds,
+            attention_mask=packed.key_mask,
+            position_ids=packed.position_ids,
+            logits_positions=packed.answer_positions,
+        )
+        return output.logits
+
+    def ctc_logits(self, audio: AudioEncoding) -> torch.Tensor:
+        """CTC prior logits (B, A, V + 1), index 0 = blank."""
+        if self.ctc_head is None:
+            raise ValueError("this model has no CTC head: set model.ctc.enabled=true and retrain")
+        return self.ctc_head(audio.vectors, self.embedding_weight)
