@@ -13,7 +13,7 @@ the frames, possibly bf16/fp16 from a frozen encoder, are cast to the parameters
 
 Local dimension names besides the package legend: W windows per row, Q queries per window,
 w frames per window, P pooled frames.
-"""  # noqa: E501 (the summary line names all three projectors)
+"""
 
 from __future__ import annotations
 
