@@ -29,12 +29,18 @@ from whisper_llada.model import WhisperLLaDA
 RELEASED_KEY_RULES: tuple[tuple[str, str | None], ...] = (
     (r"speech_query_tokens", "projector.query_tokens"),
     (r"linear_proj\.(weight|bias)", r"projector.linear_proj.\1"),
-    (r"adapter\.bert\.embeddings\.LayerNorm\.(weight|bias)", r"projector.bert.embeddings.LayerNorm.\1"),
+    (
+        r"adapter\.bert\.embeddings\.LayerNorm\.(weight|bias)",
+        r"projector.bert.embeddings.LayerNorm.\1",
+    ),
     (
         r"adapter\.bert\.encoder\.layer\.(\d+)\.((attention|crossattention|intermediate_query|output_query)\..+)",
         r"projector.bert.encoder.layer.\1.\2",
     ),
-    (r"(llada\.base_model\.model\.model\.transformer\.blocks\.\d+\.\w+\.lora_[AB]\.default\.weight)", r"\1"),
+    (
+        r"(llada\.base_model\.model\.model\.transformer\.blocks\.\d+\.\w+\.lora_[AB]\.default\.weight)",
+        r"\1",
+    ),
     (r"adapter\.bert\.embeddings\.(word_embeddings|position_embeddings)\.weight", None),
     (r"adapter\.bert\.embeddings\.position_ids", None),
     (r"adapter\.bert\.encoder\.layer\.\d+\.(intermediate|output)\..+", None),
@@ -47,7 +53,11 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(
-    model: WhisperLLaDA, path: str | Path, *, config: dict[str, Any], metadata: dict[str, Any] | None = None
+    model: WhisperLLaDA,
+    path: str | Path,
+    *,
+    config: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write the trainable tensors of `model` to `path` atomically (temp file, then rename)."""
     tensors = {name: p.detach().to("cpu") for name, p in model.trainable_parameters().items()}
@@ -55,7 +65,11 @@ def save_checkpoint(
 
 
 def write_checkpoint(
-    tensors: dict[str, torch.Tensor], path: str | Path, *, config: dict[str, Any], metadata: dict[str, Any]
+    tensors: dict[str, torch.Tensor],
+    path: str | Path,
+    *,
+    config: dict[str, Any],
+    metadata: dict[str, Any],
 ) -> Path:
     """Write tensors with JSON config/metadata as one safetensors file, atomically."""
     path = Path(path)
@@ -71,7 +85,9 @@ def write_checkpoint(
     return path
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+def read_checkpoint(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     """Return (tensors, config, metadata) of a checkpoint written by `save_checkpoint`."""
     path = Path(path)
     if not path.is_file():
@@ -81,7 +97,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             header = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
     except Exception as error:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint: {error}"
+        ) from error
     return tensors, json.loads(header.get("config", "{}")), json.loads(header.get("metadata", "{}"))
 
 
@@ -97,7 +115,9 @@ def load_checkpoint(model: WhisperLLaDA, path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def load_trainable_state(model: WhisperLLaDA, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+def load_trainable_state(
+    model: WhisperLLaDA, tensors: dict[str, torch.Tensor], *, source: str
+) -> None:
     params = dict(model.named_parameters())
     trainable = model.trainable_parameters()
     unexpected = sorted(set(tensors) - set(params))
@@ -109,8 +129,11 @@ def load_trainable_state(model: WhisperLLaDA, tensors: dict[str, torch.Tensor], 
     )
     problems = [
         (f"{len(names)} {what}: " + ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
-        for what, names in (("unexpected keys", unexpected), ("missing trainable keys", missing),
-                            ("shape mismatches", mismatched))
+        for what, names in (
+            ("unexpected keys", unexpected),
+            ("missing trainable keys", missing),
+            ("shape mismatches", mismatched),
+        )
         if names
     ]
     if problems:
@@ -155,7 +178,9 @@ def convert_released_checkpoint(
         raise CheckpointError(f"released checkpoint not found: {source}")
     payload = torch.load(source, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or "model" not in payload:
-        raise CheckpointError(f"{source} has no 'model' entry: not a released Whisper-LLaDA checkpoint")
+        raise CheckpointError(
+            f"{source} has no 'model' entry: not a released Whisper-LLaDA checkpoint"
+        )
     return write_checkpoint(
         convert_released_state_dict(payload["model"]),
         out,
@@ -179,7 +204,9 @@ def main() -> None:
         config = to_dict(load_config(args.config))
     out = convert_released_checkpoint(args.source, args.out, config=config)
     tensors, _, _ = read_checkpoint(out)
-    print(f"wrote {out}: {len(tensors)} tensors, {sum(t.numel() for t in tensors.values()):,} values")
+    print(
+        f"wrote {out}: {len(tensors)} tensors, {sum(t.numel() for t in tensors.values()):,} values"
+    )
 
 
 if __name__ == "__main__":

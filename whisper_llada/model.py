@@ -71,7 +71,9 @@ class WhisperLLaDA(nn.Module):
         self.ctc_head = ctc_head
         self.special = special
         self.train_encoder = train_encoder
-        self.register_buffer("prompt_ids", torch.tensor(prompt_ids, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "prompt_ids", torch.tensor(prompt_ids, dtype=torch.long), persistent=False
+        )
         self.encoder.requires_grad_(train_encoder)
         if not any("lora_" in name for name, _ in llada.named_parameters()):
             self.llada.requires_grad_(False)
@@ -108,7 +110,10 @@ class WhisperLLaDA(nn.Module):
         return self.llada.get_input_embeddings()(ids)
 
     def pack(
-        self, audio: AudioEncoding, answer_ids: torch.Tensor, answer_lengths: torch.Tensor | None = None
+        self,
+        audio: AudioEncoding,
+        answer_ids: torch.Tensor,
+        answer_lengths: torch.Tensor | None = None,
     ) -> PackedInputs:
         """Lay out [prompt; audio; answer] per row with all padding moved to the end.
 
@@ -138,7 +143,10 @@ class WhisperLLaDA(nn.Module):
         return PackedInputs(embeds, key_mask, position_ids, answer_positions)
 
     def answer_logits(
-        self, audio: AudioEncoding, answer_ids: torch.Tensor, answer_lengths: torch.Tensor | None = None
+        self,
+        audio: AudioEncoding,
+        answer_ids: torch.Tensor,
+        answer_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, L, V) of the LLM at the answer slots, given audio and a (noisy) answer."""
         packed = self.pack(audio, answer_ids, answer_lengths)

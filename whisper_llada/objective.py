@@ -30,7 +30,9 @@ class LossOutput:
     masked_tokens: int
 
 
-def answer_token_lists(text_ids: Sequence[Sequence[int]], model_cfg: ModelConfig, eot_id: int) -> list[list[int]]:
+def answer_token_lists(
+    text_ids: Sequence[Sequence[int]], model_cfg: ModelConfig, eot_id: int
+) -> list[list[int]]:
     """Answer targets before EOS padding: the transcript, plus <|eot_id|> for dLLM-ASR."""
     suffix = [eot_id] if model_cfg.answer_suffix == "eot" else []
     return [list(ids) + suffix for ids in text_ids]
@@ -47,7 +49,9 @@ def training_loss(
     special = model.special
     device = batch.mel.device
     answers = pad_answers(
-        answer_token_lists(batch.text_ids, model_cfg, special.eot), special.eos, end=loss_cfg.answer_end
+        answer_token_lists(batch.text_ids, model_cfg, special.eot),
+        special.eos,
+        end=loss_cfg.answer_end,
     ).to(device)  # (B, L)
     masked, p_mask = sample_mask(
         answers,
@@ -64,5 +68,9 @@ def training_loss(
     if model.ctc_head is not None:
         ctc = ctc_loss(model.ctc_logits(audio), audio.lengths, batch.text_ids)
         total = loss + model_cfg.ctc.weight * ctc
-    return LossOutput(total=total, diffusion=loss.detach(), ctc=None if ctc is None else ctc.detach(),
-                      masked_tokens=int(masked.sum()))
+    return LossOutput(
+        total=total,
+        diffusion=loss.detach(),
+        ctc=None if ctc is None else ctc.detach(),
+        masked_tokens=int(masked.sum()),
+    )

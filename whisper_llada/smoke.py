@@ -33,7 +33,10 @@ SEED = 0
 
 def ensure_tiny_models(cfg: Config) -> None:
     """Write the tiny model directories the config points at, if they are missing."""
-    for path, writer in ((cfg.model.whisper_path, write_tiny_whisper), (cfg.model.llada_path, write_tiny_llada)):
+    for path, writer in (
+        (cfg.model.whisper_path, write_tiny_whisper),
+        (cfg.model.llada_path, write_tiny_llada),
+    ):
         if not Path(path, "config.json").is_file() and Path(path).parent.name == "tiny_models":
             print(f"writing tiny model: {writer(path)}")
 
@@ -63,7 +66,9 @@ def main() -> None:
     waves, texts = [], []
     for i, (text, voice, rate) in enumerate(SENTENCES):
         path = synthesize(text, args.out / f"utt{i}.flac", voice=voice, rate_wpm=rate)
-        waves.append(load_audio(path, max_seconds=cfg.audio.max_seconds, too_long=cfg.audio.too_long))
+        waves.append(
+            load_audio(path, max_seconds=cfg.audio.max_seconds, too_long=cfg.audio.too_long)
+        )
         texts.append(text)
         print(f"synthesised {path} ({len(waves[-1]) / 16000:.2f} s): {text!r}")
 
@@ -96,8 +101,9 @@ def main() -> None:
     )
 
     model.eval()
-    checkpoint = save_checkpoint(model, args.out / "checkpoint.safetensors", config=to_dict(cfg),
-                                 metadata={"step": 1})
+    checkpoint = save_checkpoint(
+        model, args.out / "checkpoint.safetensors", config=to_dict(cfg), metadata={"step": 1}
+    )
     reloaded, _ = build_model(cfg.model)
     load_checkpoint(reloaded, checkpoint)
     masked_answer = torch.full((len(texts), 8), model.special.mask)
@@ -105,11 +111,17 @@ def main() -> None:
         before = model.answer_logits(model.encode_audio(mel, mel_lengths), masked_answer)
         after = reloaded.answer_logits(reloaded.encode_audio(mel, mel_lengths), masked_answer)
     same = torch.equal(before, after)
-    print(f"checkpoint {checkpoint} ({checkpoint.stat().st_size:,} bytes): reloaded logits identical: {same}")
+    print(
+        f"checkpoint {checkpoint} ({checkpoint.stat().st_size:,} bytes): reloaded logits identical: {same}"
+    )
     if model.ctc_head is not None:
         with torch.no_grad():
+            audio = model.encode_audio(mel, mel_lengths)
             drafts = ctc_greedy_decode(model.ctc_logits(audio), audio.lengths)
-        print(f"CTC draft of the untrained model (noise, as expected): {decode_text(tokenizer, drafts[0])!r}")
+        print(
+            f"CTC draft of the barely trained model: {len(drafts[0])} tokens, "
+            f"{decode_text(tokenizer, drafts[0])[:40]!r}..."
+        )
     if not same:
         raise SystemExit("checkpoint round trip changed the model's outputs")
 

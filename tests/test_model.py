@@ -1,0 +1,154 @@
+"""The composite model built from tiny on-disk models: freeze policy, sequence layout, batching, loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from whisper_llada.audio import batch_features
+from whisper_llada.build import build_model
+from whisper_llada.objective import SpeechBatch, training_loss
+from whisper_llada.prompt import text_ids
+
+
+@pytest.fixture(scope="module")
+def built(tiny_config):
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg.model)
+    return cfg, model, tokenizer
+
+
+def make_batch(speech, tokenizer, cfg, rows=None):
+    rows = rows if rows is not None else range(len(speech))
+    waves = [speech[i][0] for i in rows]
+    mel, lengths = batch_features(waves, cfg.audio.n_mels, pad_to_30s=cfg.audio.pad_to_30s)
+    return SpeechBatch(mel, lengths, [text_ids(tokenizer, speech[i][1]) for i in rows])
+
+
+def test_trainable_parameters_are_projector_lora_and_ctc(built):
+    _, model, _ = built
+    names = set(model.trainable_parameters())
+    assert names == {n for n in names if n.startswith(("projector.", "ctc_head.")) or ".lora_" in n}
+    assert any(n.startswith("projector.") for n in names)
+    assert any(n.startswith("ctc_head.") for n in names)
+    lora = sorted(n for n in names if ".lora_" in n)
+    assert (
+        lora[0] == "llada.base_model.model.model.transformer.blocks.0.k_proj.lora_A.default.weight"
+    )
+    assert len(lora) == 2 * 3 * 2  # 2 blocks x q/k/v x A/B
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters().values())
+
+
+def test_train_mode_keeps_the_frozen_encoder_in_eval(built):
+    _, model, _ = built
+    model.train()
+    try:
+        assert model.projector.training and model.llada.training
+        assert not model.encoder.training
+        assert not any(m.training for m in model.encoder.modules())
+    finally:
+        model.eval()
+
+
+def test_sequence_layout_is_prompt_audio_answer(built, speech):
+    cfg, model, tokenizer = built
+    batch = make_batch(speech, tokenizer, cfg, rows=[0])
+    with torch.no_grad():
+        audio = model.encode_audio(batch.mel, batch.mel_lengths)
+        answer = torch.tensor([batch.text_ids[0]])
+        packed = model.pack(audio, answer)
+    prompt = model.prompt_ids.numel()
+    assert audio.vectors.shape[1] == 352  # 30 s padding -> 88 windows x 4 queries
+    torch.testing.assert_close(
+        packed.embeds[0, :prompt], model.embed_tokens(model.prompt_ids), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        packed.embeds[0, prompt : prompt + 352], audio.vectors[0], rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        packed.embeds[0, prompt + 352 :], model.embed_tokens(answer[0]), rtol=0, atol=0
+    )
+    assert packed.answer_positions.tolist() == [
+        list(range(prompt + 352, prompt + 352 + answer.shape[1]))
+    ]
+    assert packed.key_mask.all()
+    text = tokenizer.decode(model.prompt_ids.tolist())
+    assert text == (
+        "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nTranscribe the audio:<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+@pytest.mark.parametrize("pad_to_30s", [True, False])
+def test_batched_logits_equal_per_utterance(tiny_config, speech, pad_to_30s):
+    cfg = tiny_config(f"audio.pad_to_30s={str(pad_to_30s).lower()}")
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg.model)
+    batch = make_batch(speech, tokenizer, cfg)
+    answers = torch.full((len(speech), 6), model.special.mask)
+    answers[:, 0] = torch.tensor([ids[0] for ids in batch.text_ids])
+    with torch.no_grad():
+        audio = model.encode_audio(batch.mel, batch.mel_lengths)
+        if not pad_to_30s:
+            assert len(set(audio.lengths.tolist())) == len(speech)  # really mixed lengths
+        batched = model.answer_logits(audio, answers)
+        for row in range(len(speech)):
+            alone = make_batch(speech, tokenizer, cfg, rows=[row])
+            single = model.answer_logits(
+                model.encode_audio(alone.mel, alone.mel_lengths), answers[row : row + 1]
+            )
+            torch.testing.assert_close(batched[row], single[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["whisper_llada", "llada_sft"])
+@pytest.mark.parametrize("answer_len", [1, 120])
+def test_loss_is_finite_for_all_short_and_all_long_answers(built, speech, kind, answer_len):
+    cfg, model, tokenizer = built
+    batch = make_batch(speech, tokenizer, cfg, rows=[0, 1])
+    batch.text_ids = [[batch.text_ids[0][0]] * answer_len, [batch.text_ids[1][0]] * answer_len]
+    loss_cfg = type(cfg.loss)(kind=kind, answer_end="batch_padding")
+    out = training_loss(model, batch, cfg.model, loss_cfg, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.total) and torch.isfinite(out.diffusion) and torch.isfinite(out.ctc)
+    assert out.masked_tokens >= 2  # at least one masked token per row
+
+
+def test_gradients_reach_only_trainable_parts(built, speech):
+    cfg, model, tokenizer = built
+    model.zero_grad(set_to_none=True)
+    model.train()
+    try:
+        out = training_loss(
+            model,
+            make_batch(speech, tokenizer, cfg, rows=[0]),
+            cfg.model,
+            cfg.loss,
+            torch.Generator().manual_seed(0),
+        )
+        out.total.backward()
+    finally:
+        model.eval()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, name
+        else:
+            assert p.grad is None, name
+    model.zero_grad(set_to_none=True)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_config, speech):
+    cfg = tiny_config("audio.pad_to_30s=false")
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg.model)
+    batch = make_batch(speech, tokenizer, cfg, rows=[0, 1])
+    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(8):
+        out = training_loss(model, batch, cfg.model, cfg.loss, torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        out.total.backward()
+        optimizer.step()
+        losses.append(out.total.item())
+    assert losses[-1] < 0.8 * losses[0], losses
