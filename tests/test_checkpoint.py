@@ -21,6 +21,7 @@ from whisper_llada.checkpoint import (
 from whisper_llada.config import load_config, to_dict
 from whisper_llada.objective import SpeechBatch, training_loss
 from whisper_llada.prompt import text_ids
+from whisper_llada.real_shapes import build_real_shape_model
 
 
 def trained_model(tiny_config, speech, *overrides):
@@ -159,37 +160,8 @@ def test_converter_maps_the_released_keys_onto_the_real_model():
     released = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     converted = convert_released_state_dict(released)
     assert len(converted) == 249  # the 22 unused tensors are dropped
-    from transformers import WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    from whisper_llada.build import apply_lora, build_projector
-    from whisper_llada.llada import LLADA_8B, LLaDAModelLM
-    from whisper_llada.model import WhisperLLaDA
-    from whisper_llada.prompt import SpecialTokens
-
     cfg = load_config(Path(__file__).parent.parent / "configs" / "whisper_llada.yaml").model
-    with torch.device("meta"):
-        encoder = WhisperEncoder(
-            WhisperConfig(
-                num_mel_bins=128,
-                d_model=1280,
-                encoder_layers=32,
-                encoder_attention_heads=20,
-                encoder_ffn_dim=5120,
-            )
-        )
-        llada = apply_lora(LLaDAModelLM(LLADA_8B), cfg)
-        projector = build_projector(cfg, 1280, LLADA_8B.d_model)
-    special = SpecialTokens(
-        bos=126080,
-        eos=126081,
-        pad=126081,
-        mask=126336,
-        eot=126348,
-        start_header=126346,
-        end_header=126347,
-    )
-    model = WhisperLLaDA(encoder, projector, llada, [special.bos], special)
+    model = build_real_shape_model(cfg, device="meta")
     trainable = {name: tuple(p.shape) for name, p in model.trainable_parameters().items()}
     assert {k: tuple(v.shape) for k, v in converted.items()} == trainable
 

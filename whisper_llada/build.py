@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerFast
 from whisper_llada.config import ModelConfig
 from whisper_llada.ctc import CTCHead
 from whisper_llada.encoder import load_whisper_encoder
-from whisper_llada.llada import load_llada
+from whisper_llada.llada_checkpoint import load_llada
 from whisper_llada.model import WhisperLLaDA
 from whisper_llada.projector import ConvAdapter, FrameStackMLP, WindowQFormer
 from whisper_llada.prompt import load_tokenizer, prompt_ids, special_tokens

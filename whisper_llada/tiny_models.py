@@ -10,15 +10,200 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import json
+import string
 from pathlib import Path
 
 import torch
+
+from whisper_llada.llada import LLADA_8B, LLaDAModelLM
+from whisper_llada.llada_checkpoint import save_llada
+from whisper_llada.prompt import (
+    BOS_TOKEN,
+    CHAT_TEMPLATE,
+    END_HEADER_TOKEN,
+    EOS_TOKEN,
+    EOT_TOKEN,
+    MASK_TOKEN,
+    START_HEADER_TOKEN,
+)
 
 TINY_WHISPER_WIDTH = 64
 TINY_WHISPER_LAYERS = 2
 TINY_WHISPER_HEADS = 4
 TINY_N_MELS = 128
 WHISPER_AUDIO_CONTEXT = 1500  # encoder frames for 30 s: 3000 mel frames / conv stride 2
+
+TINY_BPE_VOCAB = 1000  # byte-level BPE pieces (256 bytes + merges) before the special tokens
+EMBEDDING_ROWS_MULTIPLE = 64  # LLaDA-8B: 126464 = 1976 * 64 rows, beyond its last id 126348
+TINY_NORM_WEIGHT_STD = 0.1  # random RMSNorm gains, so a forward that ignores them is caught
+TINY_NUMBERS = 1000  # "0" .. "999" join the tokenizer's training text
+# In the order of their ids in LLaDA-8B-Instruct (126080, 126081, 126336, 126346, 126347, 126348).
+LLADA_SPECIAL_TOKENS = (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    MASK_TOKEN,
+    START_HEADER_TOKEN,
+    END_HEADER_TOKEN,
+    EOT_TOKEN,
+)
+COMMON_ENGLISH_WORDS = """
+the be to of and a in that have i it for not on with he as you do at this but his by from they
+we say her she or an will my one all would there their what so up out if about who get which go
+me when make can like time no just him know take people into year your good some could them see
+other than then now look only come its over think also back after use two how our work first
+well way even new want because any these give day most us is are was were been has had did said
+says made went gone got audio speech transcribe sound voice word words sentence chapter book
+read reading man woman child children house home room door window hand hands head eyes face
+little great old young long small large big high low left right end part place case point world
+life thing things night morning evening water fire light dark king queen lord lady sir mister
+mrs miss father mother brother sister son daughter friend heart mind soul love death never
+always often again once upon still yet here where why while through before under between around
+down off away very much many more less every each both few such own same another last next
+early late true false yes ok okay thank thanks please sorry hello goodbye question answer
+number numbers zero three four five six seven eight nine ten hundred thousand million first
+second third half quarter o'clock don't can't won't isn't aren't wasn't weren't it's i'm you're
+they're we're that's there's what's let's i've i'd i'll he's she's shall should might must may
+upon whom whose whether though although however therefore city country road street river sea
+land sky sun moon star tree flower horse dog cat bird money gold silver paper letter name
+"""  # split on whitespace
+
+
+def _tokenizer_training_text() -> list[str]:
+    """Offline English text: common words, British/American spellings, numbers, punctuation."""
+    # find_spec locates openai-whisper without importing it (its import is slow).
+    whisper_dir = Path(importlib.util.find_spec("whisper").origin).parent
+    spellings_path = whisper_dir / "normalizers" / "english.json"
+    spellings = json.loads(spellings_path.read_text())
+    spelled = sorted(set(spellings) | set(spellings.values()))
+    common = COMMON_ENGLISH_WORDS.split()
+    return [
+        " ".join(common),
+        " ".join(word.capitalize() for word in common),
+        " ".join(word.upper() for word in common),
+        " ".join(spelled),
+        " ".join(str(number) for number in range(TINY_NUMBERS)),
+        " ".join(string.ascii_letters + string.digits),
+        " ".join(string.punctuation),
+        " ".join(f"{word}{mark}" for word in common for mark in ".,?!;:"),
+    ]
+
+
+def _train_tiny_tokenizer():
+    """Byte-level BPE on the offline text, then the LLaDA special tokens (ids after the BPE)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_BPE_VOCAB,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_tokenizer_training_text(), trainer=trainer)
+    tokenizer.add_special_tokens(
+        [AddedToken(token, special=True, normalized=False) for token in LLADA_SPECIAL_TOKENS]
+    )
+    return tokenizer
+
+
+def _tokenizer_config(tokenizer) -> dict:
+    """tokenizer_config.json in the LLaDA-8B-Instruct layout."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    added = {
+        str(vocab[token]): {
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for token in LLADA_SPECIAL_TOKENS
+    }
+    return {
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "added_tokens_decoder": added,
+        "bos_token": BOS_TOKEN,
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": EOS_TOKEN,
+        "model_max_length": LLADA_8B.max_sequence_length,
+        "pad_token": EOS_TOKEN,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+
+
+def _shard_limit(state_dict: dict[str, torch.Tensor], num_shards: int) -> int:
+    """Smallest byte limit for which huggingface_hub's greedy split gives at most `num_shards`."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    low, high = 1, sum(t.numel() * t.element_size() for t in state_dict.values())
+    while low < high:
+        middle = (low + high) // 2
+        split = split_torch_state_dict_into_shards(state_dict, max_shard_size=middle)
+        if len(split.filename_to_tensors) <= num_shards:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def write_tiny_llada(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 4,
+    mlp_hidden_size: int = 192,
+    num_shards: int = 2,
+) -> Path:
+    """Write a random LLaDA in the exact layout of GSAI-ML/LLaDA-8B-Instruct.
+
+    config.json, generation_config.json, `num_shards` float32 safetensors shards with
+    model.safetensors.index.json, tokenizer.json (a byte-level BPE trained here, with the real
+    special-token strings), tokenizer_config.json (chat template) and special_tokens_map.json.
+    The same seed gives byte-identical files.
+    """
+    out_dir = Path(out_dir)
+    tokenizer = _train_tiny_tokenizer()
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    rows = -(-len(vocab) // EMBEDDING_ROWS_MULTIPLE) * EMBEDDING_ROWS_MULTIPLE
+    config = dataclasses.replace(
+        LLADA_8B,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        mlp_hidden_size=mlp_hidden_size,
+        vocab_size=rows,
+        mask_token_id=vocab[MASK_TOKEN],
+        eos_token_id=vocab[EOS_TOKEN],
+        pad_token_id=vocab[EOS_TOKEN],
+    )
+    torch.manual_seed(seed)
+    model = LLaDAModelLM(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+                parameter.normal_(1.0, TINY_NORM_WEIGHT_STD)
+    save_llada(model, out_dir, max_shard_bytes=_shard_limit(model.state_dict(), num_shards))
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN}
+    ids = {"bos_token_id": vocab[BOS_TOKEN], "eos_token_id": config.eos_token_id}
+    files = {
+        "tokenizer_config.json": _tokenizer_config(tokenizer),
+        "special_tokens_map.json": special,
+        "generation_config.json": {**ids, "pad_token_id": config.pad_token_id},
+    }
+    for filename, content in files.items():
+        (out_dir / filename).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    return out_dir
 
 
 def write_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
@@ -84,7 +269,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print("whisper (transformers):", write_tiny_whisper(args.out_dir / "whisper", args.seed))
-    print("whisper (openai .pt):", write_tiny_openai_whisper(args.out_dir / "whisper.pt", args.seed))
+    print(
+        "whisper (openai .pt):", write_tiny_openai_whisper(args.out_dir / "whisper.pt", args.seed)
+    )
+    print("llada:", write_tiny_llada(args.out_dir / "llada", seed=args.seed))
 
 
 if __name__ == "__main__":
