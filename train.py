@@ -7,4 +7,6 @@ training step with `whisper_llada.objective.training_loss`.
 import sys
 
 if __name__ == "__main__":
-    sys.exit("train.py is not available yet (issue #4); see `python -m whisper_llada.smoke --help`.")
+    sys.exit(
+        "train.py is not available yet (issue #4); see `python -m whisper_llada.smoke --help`."
+    )

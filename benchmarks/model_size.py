@@ -26,7 +26,9 @@ def count_parts(model) -> list[tuple[str, int, int]]:
         named = list(module.named_parameters())
         base = [p for name, p in named if ".lora_" not in name]
         lora = [p for name, p in named if ".lora_" in name]
-        rows.append((part, sum(p.numel() for p in base), sum(p.numel() for p in base if p.requires_grad)))
+        rows.append(
+            (part, sum(p.numel() for p in base), sum(p.numel() for p in base if p.requires_grad))
+        )
         if lora:
             rows.append(("  LoRA", sum(p.numel() for p in lora), sum(p.numel() for p in lora)))
     return rows
@@ -34,15 +36,21 @@ def count_parts(model) -> list[tuple[str, int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("configs", nargs="*", type=Path,
-                        default=[Path("configs/whisper_llada.yaml"), Path("configs/dllm_asr.yaml")])
+    parser.add_argument(
+        "configs",
+        nargs="*",
+        type=Path,
+        default=[Path("configs/whisper_llada.yaml"), Path("configs/dllm_asr.yaml")],
+    )
     args = parser.parse_args()
     for path in args.configs:
         cfg = load_config(path).model
         model = build_real_shape_model(cfg, device="meta")
         rows = count_parts(model)
         trainable = sum(row[2] for row in rows)
-        print(f"\n{path} (projector {cfg.projector}, LoRA r={cfg.lora.r} on {', '.join(cfg.lora.targets)})")
+        print(
+            f"\n{path} (projector {cfg.projector}, LoRA r={cfg.lora.r} on {', '.join(cfg.lora.targets)})"
+        )
         print(f"| {'part':<10} | {'parameters':>15} | {'trainable':>12} |")
         print(f"|{'-' * 12}|{'-' * 17}|{'-' * 14}|")
         for part, total, train in rows:

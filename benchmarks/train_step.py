@@ -27,8 +27,11 @@ from whisper_llada.smoke import ensure_tiny_models
 from whisper_llada.speech_synthesis import synthesize
 
 TEXT = "the quick brown fox jumps over the lazy dog while seven purple kites drift over the harbour"
-CASES = (("5 s, padded to 30 s (faithful)", 5.0, True), ("5 s, true length", 5.0, False),
-         ("30 s, true length", 30.0, False))
+CASES = (
+    ("5 s, padded to 30 s (faithful)", 5.0, True),
+    ("5 s, true length", 5.0, False),
+    ("30 s, true length", 30.0, False),
+)
 
 
 def speech_of_length(seconds: float, workdir: Path) -> np.ndarray:
@@ -65,7 +68,9 @@ def main() -> None:
     torch.manual_seed(0)
     model, tokenizer = build_model(cfg.model)
     model.train()
-    print(f"{args.config}, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.steps} steps")
+    print(
+        f"{args.config}, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.steps} steps"
+    )
     print(f"| {'audio':<32} | {'s / step':>9} | {'ratio':>6} |")
     print(f"|{'-' * 34}|{'-' * 11}|{'-' * 8}|")
     first = None
