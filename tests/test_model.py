@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from whisper_llada.audio import batch_features
-from whisper_llada.build import build_model
+from whisper_llada.build import build_model, merge_lora
 from whisper_llada.objective import SpeechBatch, training_loss
 from whisper_llada.prompt import text_ids
 
@@ -152,3 +152,53 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_config, speech):
         optimizer.step()
         losses.append(out.total.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("projector", ["qformer", "conv_adapter", "frame_stack"])
+def test_every_projector_trains_with_the_dllm_asr_objective(tiny_config, speech, projector):
+    cfg = tiny_config(
+        f"model.projector={projector}",
+        "model.conv_adapter.hidden=64",
+        "model.frame_stack.hidden=64",
+        "model.answer_suffix=eot",
+        "audio.pad_to_30s=false",
+        "loss.kind=llada_sft",
+        "loss.full_mask_prob=0.2",
+    )
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg.model)
+    batch = make_batch(speech, tokenizer, cfg)
+    model.train()
+    out = training_loss(model, batch, cfg.model, cfg.loss, torch.Generator().manual_seed(1))
+    out.total.backward()
+    assert torch.isfinite(out.total)
+    assert all(p.grad is not None for p in model.projector.parameters())
+
+
+def test_trainable_encoder_is_fine_tuned_in_float32(tiny_config):
+    cfg = tiny_config("model.train_encoder=true", "model.dtype=bfloat16")
+    model, _ = build_model(cfg.model)
+    encoder_params = [n for n in model.trainable_parameters() if n.startswith("encoder.")]
+    assert len(encoder_params) == sum(1 for p in model.encoder.parameters() if p.requires_grad) > 0
+    assert all(p.dtype == torch.float32 for p in model.encoder.parameters())
+    assert model.embedding_weight.dtype == torch.bfloat16
+    assert model.train().encoder.training
+
+
+def test_merged_lora_gives_the_same_logits(built, speech):
+    cfg, _, tokenizer = built
+    torch.manual_seed(0)
+    model, _ = build_model(cfg.model)
+    with torch.no_grad():  # non-zero LoRA factors, so merging has something to fold in
+        for name, p in model.trainable_parameters().items():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    batch = make_batch(speech, tokenizer, cfg, rows=[1])
+    answer = torch.full((1, 4), model.special.mask)
+    with torch.no_grad():
+        audio = model.encode_audio(batch.mel, batch.mel_lengths)
+        before = model.answer_logits(audio, answer)
+        merge_lora(model)
+        after = model.answer_logits(audio, answer)
+    assert not any(".lora_" in n for n, _ in model.named_parameters())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from whisper_llada.projector import ConvAdapter, FrameStackMLP, WindowQFormer
+from whisper_llada.projector import ConvAdapter, FrameStackMLP
+from whisper_llada.qformer import WindowQFormer
 
 ENC = 16  # tiny encoder width
 LLM = 8  # tiny LLM width

@@ -12,11 +12,9 @@ from whisper_llada.ctc import CTCHead
 from whisper_llada.encoder import load_whisper_encoder
 from whisper_llada.llada_checkpoint import load_llada
 from whisper_llada.model import WhisperLLaDA
-from whisper_llada.projector import ConvAdapter, FrameStackMLP, WindowQFormer
+from whisper_llada.projector import WHISPER_FRAME_RATE, ConvAdapter, FrameStackMLP
 from whisper_llada.prompt import load_tokenizer, prompt_ids, special_tokens
-
-# Whisper's encoder runs at 50 frames per second (1500 frames for 30 s).
-WHISPER_FRAME_RATE = 50.0
+from whisper_llada.qformer import WindowQFormer
 
 
 def lora_target_regex(targets: tuple[str, ...]) -> str:
