@@ -116,3 +116,31 @@ def test_configs_are_frozen_and_serialisable():
 def test_missing_file():
     with pytest.raises(ConfigError, match=r"config file not found: nowhere\.yaml"):
         load_config("nowhere.yaml")
+
+
+def test_a_config_can_start_from_a_base(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "model:\n  lora:\n    r: 8\n    alpha: 32\ndecode:\n  steps: 64\n"
+    )
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text(
+        "base: ../base.yaml\nmodel:\n  lora:\n    r: 16\ndecode:\n  mode: prior_guided\n"
+    )
+    cfg = load_config(child, ["decode.steps=32"])
+    assert (cfg.model.lora.r, cfg.model.lora.alpha) == (16, 32)
+    assert (cfg.decode.mode, cfg.decode.steps) == ("prior_guided", 32)
+    (tmp_path / "base.yaml").write_text("base: sub/child.yaml\n")
+    with pytest.raises(ConfigError, match="include each other in a cycle"):
+        load_config(child)
+
+
+def test_decode_configs_keep_the_authors_keys():
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "decode" / "semi_ar.yaml")
+    assert (cfg.decode.mode, cfg.decode.gen_len, cfg.decode.block_length, cfg.decode.steps) == (
+        "decoding",
+        128,
+        32,
+        128,
+    )
+    assert cfg.model.projector == "qformer"  # from the base file

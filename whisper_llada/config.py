@@ -1,9 +1,10 @@
 """Configuration: typed, frozen dataclasses per concern, loaded strictly from YAML.
 
-A YAML file holds one mapping per section (`model`, `audio`, `loss`); every key is checked against
-the dataclass fields and its type, so a typo or a wrong type stops the run with a message that
-names the key and lists the valid ones. Command-line overrides use the same path syntax and the
-same checks: `model.lora.r=16`, `audio.pad_to_30s=false`.
+A YAML file holds one mapping per section (`model`, `audio`, `loss`, `decode`, `inference`); every
+key is checked against the dataclass fields and its type, so a typo or a wrong type stops the run
+with a message that names the key and lists the valid ones. Command-line overrides use the same
+path syntax and the same checks: `model.lora.r=16`, `audio.pad_to_30s=false`. A file may start
+from another with `base: other.yaml` (relative to its own folder); its keys override the base's.
 """
 
 from __future__ import annotations
@@ -99,26 +100,88 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class DecodeConfig:
+    """Decoding; the first six keys keep their meaning from the authors' decode_config.yaml."""
+
+    mode: Literal[
+        "decoding", "diffusion_deliberation", "semi_ar_deliberation", "prior_guided", "ctc"
+    ] = "decoding"
+    steps: int = 128
+    gen_len: int = 128
+    block_length: int = 128  # == gen_len: diffusion; smaller: semi-autoregressive
+    mask_ratio: float = 0.3
+    num_chunks: int = 4
+    masking_type: Literal["random", "low_confidence"] = "random"
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    temperature: float = 0.0
+    threshold: float | None = None  # confidence-threshold commits (tau); None: fixed schedule
+    prune: bool = False  # length-adaptive pruning after the first committed EOS
+    early_exit: bool = True  # prior_guided: threshold commits; false = one commit per round
+    first_pass: Literal["manifest", "ctc"] = "manifest"  # deliberation / prior source
+    prior_treatment: Literal["visible", "mask_below"] = "visible"
+    prior_confidence_floor: float = 0.5  # mask_below: CTC prior tokens under this start masked
+    margin: int = 4  # prior_guided: MASK slots after the prior
+    max_rounds: int = 32
+    prefix_cache: bool = False  # cache prompt + audio keys/values (approximate, see llada.py)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    manifest: str = ""  # the authors' JSON, JSONL or a lhotse CutSet
+    checkpoint: str = ""  # trainable weights from training or the converter; "" = as built
+    output_dir: str = "exp/decode"
+    batch_size: int | None = 8
+    max_duration: float | None = None  # seconds of audio per batch, instead of batch_size
+    device: str = "cpu"
+    merge_lora: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config strictly and apply `section.key=value` overrides."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    data = _read_with_base(path, seen=())
     for override in overrides:
         _apply_override(data, override)
     try:
         return from_dict(Config, data)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files include each other in a cycle")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be the path of another YAML file")
+    return _merge(_read_with_base(path.parent / base, (*seen, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:

@@ -124,15 +124,37 @@ def ctc_greedy_decode(logits: torch.Tensor, vector_lengths: torch.Tensor) -> lis
     Returns:
         B lists of LLM token ids.
     """
+    return ctc_greedy_decode_with_confidence(logits, vector_lengths)[0]
+
+
+def ctc_greedy_decode_with_confidence(
+    logits: torch.Tensor, vector_lengths: torch.Tensor
+) -> tuple[list[list[int]], list[list[float]]]:
+    """Best-path decoding, plus each emitted token's confidence.
+
+    A token's confidence is the highest posterior among the vectors of its run (the run that
+    the repeat-collapse merges into it); dLLM-ASR-style decoding masks prior tokens below a floor.
+
+    Returns:
+        (B lists of LLM token ids, B lists of confidences in [0, 1] of the same lengths).
+    """
     batch, num_vectors, _ = logits.shape
     _check_lengths(vector_lengths, batch, num_vectors)
-    best = logits.argmax(dim=-1).cpu()  # (B, A)
-    hypotheses = []
-    for row, length in zip(best, vector_lengths.tolist(), strict=True):
-        collapsed = torch.unique_consecutive(row[:length])
-        tokens = collapsed[collapsed != BLANK_INDEX] - TOKEN_OFFSET
-        hypotheses.append(tokens.tolist())
-    return hypotheses
+    best_prob, best = logits.float().softmax(dim=-1).max(dim=-1)  # (B, A) each
+    hypotheses, confidences = [], []
+    for row, probs, length in zip(
+        best.cpu(), best_prob.cpu(), vector_lengths.tolist(), strict=True
+    ):
+        runs, counts = torch.unique_consecutive(row[:length], return_counts=True)
+        run_confidence = (
+            torch.stack([p.max() for p in probs[:length].split(counts.tolist())])
+            if length
+            else probs[:0]
+        )
+        keep = runs != BLANK_INDEX
+        hypotheses.append((runs[keep] - TOKEN_OFFSET).tolist())
+        confidences.append(run_confidence[keep].tolist())
+    return hypotheses, confidences
 
 
 def _check_lengths(vector_lengths: torch.Tensor, batch: int, num_vectors: int) -> None:

@@ -166,6 +166,16 @@ class PrefixCache:
     lengths: torch.Tensor
     next_positions: torch.Tensor
 
+    def select(self, rows: torch.Tensor) -> PrefixCache:
+        """The cache of a subset of rows (R,) of the batch, e.g. the rows still decoding."""
+        return PrefixCache(
+            keys=tuple(k[rows] for k in self.keys),
+            values=tuple(v[rows] for v in self.values),
+            mask=self.mask[rows],
+            lengths=self.lengths[rows],
+            next_positions=self.next_positions[rows],
+        )
+
 
 class RMSNorm(nn.Module):
     """LLaDA's RMSNorm: normalise in float32, cast back to the input dtype, then scale."""

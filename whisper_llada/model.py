@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from whisper_llada.encoder import encode, encoder_output_lengths
+from whisper_llada.llada import PrefixCache
 from whisper_llada.prompt import SpecialTokens
 
 
@@ -29,6 +30,9 @@ class AudioEncoding:
 
     vectors: torch.Tensor  # (B, A, D)
     lengths: torch.Tensor  # (B,) real vectors per row
+
+    def select(self, rows: torch.Tensor) -> AudioEncoding:
+        return AudioEncoding(self.vectors[rows], self.lengths[rows])
 
 
 @dataclass
@@ -155,6 +159,41 @@ class WhisperLLaDA(nn.Module):
             attention_mask=packed.key_mask,
             position_ids=packed.position_ids,
             logits_positions=packed.answer_positions,
+        )
+        return output.logits
+
+    def prefix_cache(self, audio: AudioEncoding) -> PrefixCache:
+        """Keys/values of [prompt; audio] per row, computed once for every decoding round.
+
+        Approximate for a bidirectional LLM: the cached prefix no longer attends to the canvas
+        (dLLM-ASR's speech cache); see `LLaDAModelLM.build_prefix_cache`.
+        """
+        empty = torch.zeros(
+            audio.vectors.shape[0], 0, dtype=torch.long, device=audio.vectors.device
+        )
+        packed = self.pack(audio, empty)
+        return self.llada.build_prefix_cache(
+            inputs_embeds=packed.embeds,
+            attention_mask=packed.key_mask,
+            position_ids=packed.position_ids,
+        )
+
+    def canvas_logits(
+        self,
+        audio: AudioEncoding,
+        canvas: torch.Tensor,
+        lengths: torch.Tensor,
+        cache: PrefixCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, L, V) over a decoding canvas (B, L) whose rows are `lengths` (B,) long.
+
+        With `cache` (from `prefix_cache`, same rows) only the canvas runs through the LLM.
+        """
+        if cache is None:
+            return self.answer_logits(audio, canvas, lengths)
+        key_mask = torch.arange(canvas.shape[1], device=canvas.device) < lengths.unsqueeze(1)
+        output = self.llada(
+            inputs_embeds=self.embed_tokens(canvas), attention_mask=key_mask, prefix=cache
         )
         return output.logits
 

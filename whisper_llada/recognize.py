@@ -1,0 +1,168 @@
+"""Recognition of one batch: waveforms to transcripts with the decoding mode chosen in the config.
+
+This is where the composite model becomes the "mask predictor" that the decoding functions
+(decoding.py, deliberation.py, prior_guided.py) run over, and where the first pass / prior of a
+mode comes from: the manifest's field or the model's own CTC head.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from whisper_llada.audio import batch_features
+from whisper_llada.config import AudioConfig, DecodeConfig
+from whisper_llada.ctc import ctc_greedy_decode_with_confidence
+from whisper_llada.decoding import DecodeResult, TokenIds, diffusion_decode
+from whisper_llada.deliberation import diffusion_deliberation, semi_ar_deliberation
+from whisper_llada.model import WhisperLLaDA
+from whisper_llada.prior_guided import prior_guided_decode
+from whisper_llada.prompt import decode_text, text_ids
+
+
+@dataclass
+class Hypothesis:
+    text: str
+    prior: str | None  # the first pass / prior the mode started from, if any
+    forward_passes: int  # LLM forward passes that included this utterance
+
+
+def row_seed(utterance_id: str, seed: int) -> int:
+    """A stable per-utterance seed, so random modes give the same result in any batch."""
+    return zlib.crc32(utterance_id.encode()) ^ seed
+
+
+def recognize(
+    model: WhisperLLaDA,
+    tokenizer: PreTrainedTokenizerFast,
+    waves: Sequence[np.ndarray],
+    utterance_ids: Sequence[str],
+    cfg: DecodeConfig,
+    audio_cfg: AudioConfig,
+    *,
+    first_passes: Sequence[str | None] | None = None,
+) -> list[Hypothesis]:
+    """Decode one batch of 16 kHz waveforms with `cfg.mode`.
+
+    Args:
+        first_passes: per utterance, a first-pass hypothesis from the manifest (used when
+            cfg.first_pass == "manifest" by the deliberation and prior-guided modes).
+    """
+    device = model.prompt_ids.device
+    mel, mel_lengths = batch_features(
+        list(waves),
+        audio_cfg.n_mels,
+        pad_to_30s=audio_cfg.pad_to_30s,
+        min_seconds=audio_cfg.min_seconds,
+    )
+    with torch.inference_mode():
+        audio = model.encode_audio(mel.to(device), mel_lengths.to(device))
+        if cfg.mode == "ctc":
+            drafts, _ = ctc_greedy_decode_with_confidence(model.ctc_logits(audio), audio.lengths)
+            return [Hypothesis(decode_text(tokenizer, d), None, 0) for d in drafts]
+        cache = model.prefix_cache(audio) if cfg.prefix_cache else None
+
+        def predictor(
+            rows: torch.Tensor, canvas: torch.Tensor, lengths: torch.Tensor
+        ) -> torch.Tensor:
+            rows = rows.to(device)
+            subset = None if cache is None else cache.select(rows)
+            return model.canvas_logits(
+                audio.select(rows), canvas.to(device), lengths.to(device), subset
+            )
+
+        priors, confidences = first_pass_tokens(
+            model, tokenizer, audio, cfg, first_passes, len(waves)
+        )
+        result = run_mode(
+            predictor,
+            cfg,
+            token_ids(model),
+            priors,
+            confidences,
+            [row_seed(u, cfg.seed) for u in utterance_ids],
+        )
+    cache_passes = 0 if cache is None else 1
+    return [
+        Hypothesis(
+            decode_text(tokenizer, tokens),
+            None if priors is None else decode_text(tokenizer, priors[row]),
+            passes + cache_passes,
+        )
+        for row, (tokens, passes) in enumerate(
+            zip(result.tokens, result.forward_passes, strict=True)
+        )
+    ]
+
+
+def token_ids(model: WhisperLLaDA) -> TokenIds:
+    special = model.special
+    return TokenIds(mask=special.mask, eos=special.eos, pad=special.pad, eot=special.eot)
+
+
+def first_pass_tokens(model, tokenizer, audio, cfg: DecodeConfig, first_passes, batch: int):
+    """(token lists, confidences or None) the mode starts from; (None, None) for `decoding`."""
+    if cfg.mode == "decoding":
+        return None, None
+    if cfg.first_pass == "ctc":
+        return ctc_greedy_decode_with_confidence(model.ctc_logits(audio), audio.lengths)
+    if first_passes is None or any(text is None for text in first_passes):
+        raise ValueError(
+            f"decode.mode={cfg.mode} with decode.first_pass=manifest needs a first-pass "
+            "hypothesis for every utterance (the manifest's origin_transcripts / first_pass field); "
+            "or set decode.first_pass=ctc to use the model's CTC head"
+        )
+    return [text_ids(tokenizer, text) for text in first_passes], None
+
+
+def run_mode(
+    predictor, cfg: DecodeConfig, ids: TokenIds, priors, confidences, seeds
+) -> DecodeResult:
+    if cfg.mode == "decoding":
+        return diffusion_decode(
+            predictor,
+            len(seeds),
+            ids=ids,
+            gen_len=cfg.gen_len,
+            steps=cfg.steps,
+            block_length=cfg.block_length,
+            temperature=cfg.temperature,
+            remasking=cfg.remasking,
+            threshold=cfg.threshold,
+            prune=cfg.prune,
+            row_seeds=seeds,
+        )
+    if cfg.mode == "diffusion_deliberation":
+        return diffusion_deliberation(
+            predictor,
+            priors,
+            ids=ids,
+            mask_ratio=cfg.mask_ratio,
+            masking_type=cfg.masking_type,
+            steps=cfg.steps,
+            row_seeds=seeds,
+        )
+    if cfg.mode == "semi_ar_deliberation":
+        return semi_ar_deliberation(
+            predictor, priors, ids=ids, num_chunks=cfg.num_chunks, steps=cfg.steps
+        )
+    if cfg.threshold is None:
+        raise ValueError("decode.mode=prior_guided needs decode.threshold (dLLM-ASR uses 0.9)")
+    return prior_guided_decode(
+        predictor,
+        priors,
+        ids=ids,
+        prior_confidences=confidences,
+        margin=cfg.margin,
+        threshold=cfg.threshold,
+        prune=cfg.prune,
+        max_rounds=cfg.max_rounds,
+        prior_treatment=cfg.prior_treatment,
+        prior_confidence_floor=cfg.prior_confidence_floor,
+        early_exit=cfg.early_exit,
+    )

@@ -1,0 +1,113 @@
+"""Decode results: one JSONL record per utterance, appended crash-safely, resumed and merged across ranks.
+
+Each rank appends to its own `results-rank{R}.jsonl` and fsyncs after every batch, so a run
+killed at any moment (kill -9 included) loses at most the batch in flight; a torn last line is
+cut off when the file is reopened. A rerun skips every utterance that any earlier shard already
+finished, whatever the number of ranks was then. The main rank merges all shards into
+`results.jsonl` (sorted by id, written atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SHARD_PATTERN = "results-rank*.jsonl"
+MERGED_NAME = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    reference: str
+    hypothesis: str
+    prior: str | None
+    forward_passes: int
+    decode_seconds: float  # this utterance's share of its batch's wall time
+    audio_seconds: float
+    error: str | None = None  # why the utterance could not be decoded; None = decoded
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def shard_path(output_dir: Path, rank: int) -> Path:
+    return output_dir / f"results-rank{rank}.jsonl"
+
+
+def read_records(path: Path) -> list[Record]:
+    """Records of one JSONL file; a torn last line (the process died mid-write) is ignored."""
+    records = []
+    lines = path.read_text().split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        try:
+            records.append(Record(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as error:
+            if number == len(lines):  # no newline after it: torn by a crash
+                break
+            raise ValueError(
+                f"{path}:{number} is not a result record ({error}); delete the file to redo it"
+            ) from error
+    return records
+
+
+def finished_ids(output_dir: Path) -> set[str]:
+    """Ids decoded (or failed) by any shard of an earlier run in `output_dir`."""
+    return {r.id for path in sorted(output_dir.glob(SHARD_PATTERN)) for r in read_records(path)}
+
+
+class ShardWriter:
+    """Appends records to this rank's shard file, durable after each `write` call."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        if path.exists():
+            self._cut_torn_tail()
+        self.file = path.open("a")
+
+    def _cut_torn_tail(self) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            with self.path.open("r+b") as f:
+                f.truncate(end)
+
+    def write(self, records: list[Record]) -> None:
+        self.file.write("".join(json.dumps(asdict(r)) + "\n" for r in records))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def merge_shards(output_dir: Path) -> list[Record]:
+    """All shards' records sorted by id, written atomically to results.jsonl.
+
+    Raises ValueError if an utterance appears twice (two runs decoded it with different
+    shardings and disagree on nothing but its place; that would double-count it in the WER).
+    """
+    records: dict[str, Record] = {}
+    for path in sorted(output_dir.glob(SHARD_PATTERN)):
+        for record in read_records(path):
+            if record.id in records:
+                raise ValueError(f"utterance {record.id} was decoded twice (in {path} and before)")
+            records[record.id] = record
+    merged = [records[key] for key in sorted(records)]
+    write_text_atomically(
+        output_dir / MERGED_NAME, "".join(json.dumps(asdict(r)) + "\n" for r in merged)
+    )
+    return merged
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
