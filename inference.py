@@ -20,6 +20,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.audio import SAMPLE_RATE, AudioError
 from whisper_llada.build import build_model, merge_lora
 from whisper_llada.checkpoint import load_checkpoint
@@ -28,14 +29,7 @@ from whisper_llada.distributed import barrier, device_for, init_distributed, shu
 from whisper_llada.manifest import load_wave, make_batches, read_manifest, shard
 from whisper_llada.metrics import score, write_errs, write_recogs, write_wer
 from whisper_llada.recognize import recognize
-from whisper_llada.results import (
-    Record,
-    ShardWriter,
-    finished_ids,
-    merge_shards,
-    shard_path,
-    write_text_atomically,
-)
+from whisper_llada.results import Record, ShardWriter, finished_ids, merge_shards, shard_path
 
 
 def decode_shard(
@@ -105,8 +99,9 @@ def summarize(cfg: Config, output_dir: Path) -> str:
     """Merge the shards and write the recogs / errs / wer files; return the WER line."""
     records = merge_shards(output_dir)
     decoded = [r for r in records if not r.failed]
-    summary, alignments = score((r.id, r.reference, r.hypothesis) for r in decoded)
-    summary.failed = len(records) - len(decoded)
+    # A failed utterance is scored as an empty hypothesis (its words count as deletions).
+    scored = [(r.id, r.reference, None if r.failed else r.hypothesis) for r in records]
+    summary, alignments = score(scored)
     decode_seconds = sum(r.decode_seconds for r in decoded)
     audio_seconds = sum(r.audio_seconds for r in decoded)
     extra = {
@@ -121,9 +116,7 @@ def summarize(cfg: Config, output_dir: Path) -> str:
         else "n/a",
     }
     tag = f"{Path(cfg.inference.manifest).name.split('.')[0]}-{cfg.decode.mode}"
-    write_recogs(
-        output_dir / f"recogs-{tag}.txt", [(r.id, r.reference, r.hypothesis) for r in decoded]
-    )
+    write_recogs(output_dir / f"recogs-{tag}.txt", scored)
     write_errs(output_dir / f"errs-{tag}.txt", summary, alignments)
     write_wer(output_dir / f"wer-{tag}.txt", summary, extra)
     details = ", ".join(f"{k} {v}" for k, v in extra.items())

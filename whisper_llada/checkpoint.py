@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from whisper_llada.atomic_write import write_atomically
 from whisper_llada.model import WhisperLLaDA
 
 # Released `whisper-large-v3-llada-checkpoint_best_epoch_143.pth` key -> our key. The 22 keys the
@@ -72,17 +71,9 @@ def write_checkpoint(
     metadata: dict[str, Any],
 ) -> Path:
     """Write tensors with JSON config/metadata as one safetensors file, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"config": json.dumps(config), "metadata": json.dumps(metadata)}
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path, metadata=header)
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-    return path
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    return write_atomically(path, lambda tmp: save_file(contiguous, tmp, metadata=header))
 
 
 def read_checkpoint(

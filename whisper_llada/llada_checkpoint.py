@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from whisper_llada.atomic_write import write_atomically, write_text_atomically
 from whisper_llada.llada import LLaDAConfig, LLaDAModelLM
 
 CONFIG_FILE = "config.json"
@@ -17,7 +16,6 @@ SINGLE_WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 # huggingface_hub fills {suffix} with "-00001-of-00006" etc.
 SHARD_FILE_PATTERN = "model{suffix}.safetensors"
-WEIGHT_FILE_MODE = 0o644  # rw-r--r-- as downloaded; safetensors itself creates files 0600
 ERROR_LIST_LIMIT = 10  # names shown per kind of mismatch in a strict-load error
 
 
@@ -130,7 +128,7 @@ def save_llada(model: LLaDAModelLM, path: str | Path, *, max_shard_bytes: int) -
     written = set(split.filename_to_tensors)
     for filename, names in split.filename_to_tensors.items():
         shard = {name: state[name] for name in names}
-        _write_atomically(directory / filename, lambda tmp, shard=shard: _save_shard(shard, tmp))
+        write_atomically(directory / filename, lambda tmp, shard=shard: _save_shard(shard, tmp))
     if split.is_sharded:
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         _write_json_atomically(directory / WEIGHTS_INDEX_FILE, index)
@@ -146,18 +144,7 @@ def _save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(tensors, path, metadata={"format": "pt"})
-    path.chmod(WEIGHT_FILE_MODE)
-
-
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_json_atomically(target: Path, content: dict[str, Any]) -> None:
-    text = json.dumps(content, indent=2, sort_keys=True) + "\n"
-    _write_atomically(target, lambda tmp: tmp.write_text(text))
+    write_text_atomically(target, json.dumps(content, indent=2, sort_keys=True) + "\n")

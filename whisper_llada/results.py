@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from whisper_llada.atomic_write import write_text_atomically
 
 SHARD_PATTERN = "results-rank*.jsonl"
 MERGED_NAME = "results.jsonl"
@@ -105,9 +106,3 @@ def merge_shards(output_dir: Path) -> list[Record]:
         output_dir / MERGED_NAME, "".join(json.dumps(asdict(r)) + "\n" for r in merged)
     )
     return merged
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
