@@ -42,8 +42,9 @@ def decode_shard(
     if cfg.inference.merge_lora:
         merge_lora(model)
     model.eval()
+    limit = cfg.inference.max_duration
     batches = make_batches(
-        utterances, batch_size=cfg.inference.batch_size, max_duration=cfg.inference.max_duration
+        utterances, batch_size=None if limit else cfg.inference.batch_size, max_duration=limit
     )
     writer = ShardWriter(shard_path(output_dir, rank))
     progress = tqdm(

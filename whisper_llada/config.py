@@ -132,7 +132,7 @@ class InferenceConfig:
     checkpoint: str = ""  # trainable weights from training or the converter; "" = as built
     output_dir: str = "exp/decode"
     batch_size: int | None = 8
-    max_duration: float | None = None  # seconds of audio per batch, instead of batch_size
+    max_duration: float | None = None  # seconds of audio per batch; when set, batch_size is ignored
     device: str = "cpu"
     merge_lora: bool = True
 
