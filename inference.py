@@ -36,6 +36,9 @@ def decode_shard(
     cfg: Config, utterances, output_dir: Path, rank: int, device: torch.device
 ) -> None:
     """Decode `utterances` batch by batch, appending records to this rank's shard file."""
+    torch.manual_seed(
+        cfg.decode.seed
+    )  # parts a checkpoint does not cover start identical on every rank
     model, tokenizer = build_model(cfg.model, device=device)
     if cfg.inference.checkpoint:
         load_checkpoint(model, cfg.inference.checkpoint)

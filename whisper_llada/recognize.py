@@ -79,14 +79,8 @@ def recognize(
         priors, confidences = first_pass_tokens(
             model, tokenizer, audio, cfg, first_passes, len(waves)
         )
-        result = run_mode(
-            predictor,
-            cfg,
-            token_ids(model),
-            priors,
-            confidences,
-            [row_seed(u, cfg.seed) for u in utterance_ids],
-        )
+        seeds = [row_seed(u, cfg.seed) for u in utterance_ids]
+        result = run_mode(predictor, cfg, token_ids(model), priors, confidences, seeds, device)
     cache_passes = 0 if cache is None else 1
     return [
         Hypothesis(
@@ -121,8 +115,9 @@ def first_pass_tokens(model, tokenizer, audio, cfg: DecodeConfig, first_passes, 
 
 
 def run_mode(
-    predictor, cfg: DecodeConfig, ids: TokenIds, priors, confidences, seeds
+    predictor, cfg: DecodeConfig, ids: TokenIds, priors, confidences, seeds, device
 ) -> DecodeResult:
+    """Dispatch to the decoding function of `cfg.mode` (all but "ctc")."""
     if cfg.mode == "decoding":
         return diffusion_decode(
             predictor,
@@ -136,6 +131,7 @@ def run_mode(
             threshold=cfg.threshold,
             prune=cfg.prune,
             row_seeds=seeds,
+            device=device,
         )
     if cfg.mode == "diffusion_deliberation":
         return diffusion_deliberation(
@@ -146,10 +142,11 @@ def run_mode(
             masking_type=cfg.masking_type,
             steps=cfg.steps,
             row_seeds=seeds,
+            device=device,
         )
     if cfg.mode == "semi_ar_deliberation":
         return semi_ar_deliberation(
-            predictor, priors, ids=ids, num_chunks=cfg.num_chunks, steps=cfg.steps
+            predictor, priors, ids=ids, num_chunks=cfg.num_chunks, steps=cfg.steps, device=device
         )
     if cfg.threshold is None:
         raise ValueError("decode.mode=prior_guided needs decode.threshold (dLLM-ASR uses 0.9)")
@@ -165,4 +162,5 @@ def run_mode(
         prior_treatment=cfg.prior_treatment,
         prior_confidence_floor=cfg.prior_confidence_floor,
         early_exit=cfg.early_exit,
+        device=device,
     )

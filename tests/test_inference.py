@@ -1,0 +1,148 @@
+"""inference.py end to end on the tiny models: result files, failed utterances, resume after kill -9, torchrun shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import inference
+from whisper_llada.results import MERGED_NAME
+
+REPO = Path(__file__).resolve().parent.parent
+# A fast decode: 16 MASK slots in two semi-AR blocks.
+DECODE = ["decode.gen_len=16", "decode.steps=8", "decode.block_length=8"]
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory, speech):
+    """A JSONL manifest: the synthetic utterances twice over, one missing and one corrupt file."""
+    import soundfile as sf
+
+    root = tmp_path_factory.mktemp("test_set")
+    lines = []
+    for copy in range(2):
+        for i, (wave, text) in enumerate(speech):
+            path = root / f"utt{copy}{i}.flac"
+            sf.write(path, wave, 16000)
+            lines.append(
+                {"id": f"utt{copy}{i}", "audio": path.name, "text": text, "first_pass": text}
+            )
+    (root / "corrupt.flac").write_bytes(b"not audio at all" * 20)
+    lines.append(
+        {"id": "corrupt", "audio": "corrupt.flac", "text": "never read", "first_pass": "x"}
+    )
+    lines.append(
+        {"id": "missing", "audio": "missing.flac", "text": "never read", "first_pass": "x"}
+    )
+    manifest = root / "test.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+def arguments(tiny_models, manifest, output_dir, *extra):
+    return [
+        str(REPO / "configs" / "tiny.yaml"),
+        f"model.whisper_path={tiny_models.whisper}",
+        f"model.llada_path={tiny_models.llada}",
+        f"inference.manifest={manifest}",
+        f"inference.output_dir={output_dir}",
+        "inference.batch_size=2",
+        *DECODE,
+        *extra,
+    ]
+
+
+def decoded(output_dir: Path) -> dict[str, tuple[str, int, str | None]]:
+    records = [json.loads(line) for line in (output_dir / MERGED_NAME).read_text().splitlines()]
+    return {r["id"]: (r["hypothesis"], r["forward_passes"], r["error"]) for r in records}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_models, test_set, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("uninterrupted")
+    inference.main(arguments(tiny_models, test_set, output_dir))
+    return output_dir
+
+
+def test_a_run_writes_records_and_scoring_files(uninterrupted):
+    results = decoded(uninterrupted)
+    assert len(results) == 8
+    assert "corrupt.flac" in results["corrupt"][2] and "missing.flac" in results["missing"][2]
+    assert all(error is None for key, (_, _, error) in results.items() if key.startswith("utt"))
+    passes = [p for key, (_, p, _) in results.items() if key.startswith("utt")]
+    assert all(1 <= p <= 8 for p in passes)  # 8 steps at most; a committed EOS may end a row early
+    assert results["missing"][1] == 0
+    wer = (uninterrupted / "wer-test-decoding.txt").read_text().splitlines()
+    assert wer[0].startswith("%WER = ")
+    assert "(8 utterances, 2 failed)" in wer[1]
+    assert any(line.startswith("forward passes per utterance: ") for line in wer)
+    assert (uninterrupted / "errs-test-decoding.txt").read_text().startswith("%WER ")
+    recogs = (uninterrupted / "recogs-test-decoding.txt").read_text()
+    assert "utt00:\tref=" in recogs and "utt00:\thyp=" in recogs
+    assert (uninterrupted / "config.yaml").is_file()
+
+
+def test_a_rerun_decodes_nothing_again(tiny_models, test_set, uninterrupted, tmp_path, capsys):
+    copy = tmp_path / "again"
+    shutil.copytree(uninterrupted, copy)
+    inference.main(arguments(tiny_models, test_set, copy))
+    assert "8 already decoded" in capsys.readouterr().out
+    assert decoded(copy) == decoded(uninterrupted)
+
+
+def test_resume_after_kill_9_gives_the_uninterrupted_results(
+    tiny_models, test_set, uninterrupted, tmp_path
+):
+    output_dir = tmp_path / "killed"
+    shard = output_dir / "results-rank0.jsonl"
+    command = [
+        sys.executable,
+        str(REPO / "inference.py"),
+        *arguments(tiny_models, test_set, output_dir),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if shard.exists() and shard.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = shard.read_text().count("\n")
+    assert 2 <= done_before < 8, "the kill must land mid-run"
+    with shard.open("a") as f:
+        f.write('{"id": "utt1')  # a torn line, as a kill during a write leaves
+    inference.main(arguments(tiny_models, test_set, output_dir))
+    assert decoded(output_dir) == decoded(uninterrupted)
+
+
+def test_torchrun_shards_are_disjoint_and_merged(tiny_models, test_set, uninterrupted, tmp_path):
+    output_dir = tmp_path / "two_ranks"
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    command = [
+        torchrun,
+        "--nproc_per_node=2",
+        str(REPO / "inference.py"),
+        *arguments(tiny_models, test_set, output_dir),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(command, cwd=REPO, check=True, env=env, capture_output=True, timeout=300)
+    ranks = [
+        {
+            json.loads(line)["id"]
+            for line in (output_dir / f"results-rank{r}.jsonl").read_text().splitlines()
+        }
+        for r in range(2)
+    ]
+    assert ranks[0] and ranks[1] and not ranks[0] & ranks[1]
+    assert decoded(output_dir) == decoded(uninterrupted)
