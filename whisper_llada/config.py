@@ -1,8 +1,8 @@
 """Configuration: typed, frozen dataclasses per concern, loaded strictly from YAML.
 
-A YAML file holds one mapping per section (`model`, `audio`, `loss`, `decode`, `inference`); every
-key is checked against the dataclass fields and its type, so a typo or a wrong type stops the run
-with a message that names the key and lists the valid ones. Command-line overrides use the same
+A YAML file holds one mapping per section (`model`, `audio`, `loss`, `decode`, `inference`, `data`,
+`train`); every key is checked against the dataclass fields and its type, so a typo or a wrong type
+stops the run with a message that names the key and lists the valid ones. Command-line overrides use the same
 path syntax and the same checks: `model.lora.r=16`, `audio.pad_to_30s=false`. A file may start
 from another with `base: other.yaml` (relative to its own folder); its keys override the base's.
 """
@@ -138,12 +138,56 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Training data: lhotse cut manifests (or the authors' JSON / JSONL), duration bucketing."""
+
+    train_manifests: tuple[str, ...] = ()
+    valid_manifests: tuple[str, ...] = ()
+    max_duration: float = 120.0  # seconds of audio per batch on each rank
+    max_cuts: int | None = None  # also cap the utterances per batch (the authors use 4 per GPU)
+    num_buckets: int = 30
+    shuffle: bool = True
+    num_workers: int = 2
+    skip_bad_audio: bool = True  # a missing / corrupt file is skipped with a counted warning
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation recipe; defaults are Whisper-LLaDA's (systems.md)."""
+
+    output_dir: str = "exp/train"
+    seed: int = 42
+    trainable: Literal["projector", "projector_lora"] = "projector_lora"  # dLLM-ASR stage 1 / 2
+    init_checkpoint: str = ""  # trainable weights to start from (e.g. the stage-1 result)
+    max_steps: int = 360000  # 120 "epochs" of 3000 iterations
+    grad_accum: int = 1
+    lr: float = 3e-5
+    warmup_steps: int = 3000
+    warmup_start_lr: float = 1e-6
+    min_lr: float = 1e-5  # the cosine ends here at max_steps
+    weight_decay: float = 0.05  # not on biases and 1-D parameters
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad_norm: float | None = 1.0
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    valid_every: int = 3000
+    valid_wer_utterances: int = 0  # quick greedy-CTC / decoding WER on this many (0: off)
+    log_every: int = 50
+    save_every: int = 3000
+    max_bad_steps: int = 10  # consecutive NaN / inf losses before the run stops
+    tensorboard: bool = True
+    wandb: bool = False
+    device: str = "cuda"
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
