@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 from lhotse.recipes import prepare_librispeech
 
-from whisper_llada import sentences
+from whisper_llada import sentences as sentence_module
+from whisper_llada import synthetic_corpus
 from whisper_llada.sentences import SentenceGenerator
 from whisper_llada.speech_synthesis import synthesize
 from whisper_llada.synthetic_corpus import (
@@ -72,11 +73,11 @@ def test_generator_is_deterministic_and_keeps_to_its_vocabulary_and_lengths():
     sentences = first.generate(300)
     assert sentences == second.generate(300)
     assert len(first.vocabulary) == 120 == len(set(first.vocabulary))
-    assert all(set(first.words[c]) for c in sentences.CATEGORIES)  # no category left empty
+    assert all(set(first.words[c]) for c in sentence_module.CATEGORIES)  # no category left empty
     words = [s.text.split() for s in sentences]
     assert set().union(*words) <= set(first.vocabulary) | {"an"}
     assert {len(w) for w in words} == set(range(4, 10))
-    longest = sentences.MAX_TEMPLATE_WORDS
+    longest = sentence_module.MAX_TEMPLATE_WORDS
     full = SentenceGenerator(7, min_words=longest, max_words=longest, random_order_share=0)
     assert [len(s.text.split()) for s in full.generate(3)] == [longest] * 3
 
