@@ -1,12 +1,551 @@
-"""Training entry point (torchrun DDP): arrives with issue #4 (data preparation and train.py).
+"""Training from a YAML recipe, on one device or under torchrun DDP, resumable with its full state.
 
-Until then, `python -m whisper_llada.smoke CONFIG` builds the model from a config and takes one
-training step with `whisper_llada.objective.training_loss`.
+    python train.py configs/tiny_train.yaml [section.key=value ...] [--stop-at STEP]
+    torchrun --nproc_per_node=8 train.py configs/whisper_llada.yaml train.output_dir=exp/wl
+    torchrun --nproc_per_node=8 train.py configs/dllm_asr_stage1.yaml   # then dllm_asr.yaml
+
+Running the same command again resumes from `<output_dir>/last` (weights, optimizer, scaler,
+data position, random streams, counters): the resumed run reaches the weights an uninterrupted
+run would have. `--stop-at STEP` ends a run after STEP updates with a checkpoint (for time-limited
+job slots); the schedule still runs to train.max_steps. Only rank 0 writes:
+
+    <output_dir>/config.yaml        the resolved config
+    <output_dir>/log.jsonl          one JSON object per log / validation entry
+    <output_dir>/tensorboard/       when train.tensorboard
+    <output_dir>/best.safetensors   weights with the lowest validation loss
+    <output_dir>/last -> checkpoints/step-N/{model.safetensors, train_state.pt}
+    <output_dir>/bad_batches/       step-N-badK-rankR-microI.pt: batches of a skipped update
+                                    (NaN / inf loss or gradient): ids, texts, features, tokens
+
+Any checkpoint's model.safetensors decodes with inference.py (inference.checkpoint=...); its
+metadata records the SHA-256 of every rank's weights (`rank_checksums`), which DDP keeps equal.
 """
 
-import sys
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from whisper_llada.atomic_write import write_atomically, write_text_atomically
+from whisper_llada.build import build_model
+from whisper_llada.checkpoint import load_trainable_state, read_checkpoint, save_checkpoint
+from whisper_llada.config import Config, LossConfig, ModelConfig, load_config, to_dict
+from whisper_llada.ctc import ctc_greedy_decode
+from whisper_llada.data import (
+    ResumableSampler,
+    SpeechDataset,
+    TrainingBatch,
+    bucketing_sampler,
+    data_loader,
+    read_cuts,
+    validation_batches,
+)
+from whisper_llada.distributed import DistInfo, barrier, device_for, init_distributed, shutdown
+from whisper_llada.metrics import score
+from whisper_llada.model import WhisperLLaDA
+from whisper_llada.objective import LossOutput, SpeechBatch, training_loss
+from whisper_llada.optim import build_optimizer, lr_at, set_lr
+from whisper_llada.prompt import decode_text
+from whisper_llada.train_state import (
+    WEIGHTS_FILE,
+    Progress,
+    gather_to_main,
+    load_training_state,
+    restore_rng_state,
+    rng_state,
+    save_training_checkpoint,
+    seed_everything,
+)
+
+if TYPE_CHECKING:
+    from lhotse import CutSet
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+BAD_BATCHES_DIR = "bad_batches"
+SECONDS_PER_HOUR = 3600.0
+WANDB_PROJECT = "whisper-llada"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many updates in a row had a NaN / inf loss or gradient."""
+
+
+class LossModule(nn.Module):
+    """The training objective as a module: DDP synchronises the gradients of what its forward ran."""
+
+    def __init__(self, model: WhisperLLaDA, model_cfg: ModelConfig, loss_cfg: LossConfig):
+        super().__init__()
+        self.model = model
+        self.model_cfg = model_cfg
+        self.loss_cfg = loss_cfg
+
+    def forward(self, speech: SpeechBatch, generator: torch.Generator) -> LossOutput:
+        return training_loss(self.model, speech, self.model_cfg, self.loss_cfg, generator)
+
+
+class MetricsLog:
+    """Rank 0's outputs: log.jsonl, TensorBoard and wandb when enabled, and the console."""
+
+    def __init__(self, cfg: Config, output_dir: Path):
+        self.path = output_dir / "log.jsonl"
+        self.tensorboard = self.wandb = None
+        if cfg.train.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # a slow import: only when asked
+
+            self.tensorboard = SummaryWriter(output_dir / "tensorboard")
+        if cfg.train.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise SystemExit("train.wandb=true needs wandb: pip install wandb") from None
+            self.wandb = wandb.init(
+                project=WANDB_PROJECT, name=output_dir.name, config=to_dict(cfg), dir=output_dir
+            )
+
+    def write(self, step: int, metrics: dict[str, float | None]) -> None:
+        with self.path.open("a", encoding="utf-8") as log:
+            log.write(json.dumps({"step": step, **metrics}) + "\n")
+        values = {k: v for k, v in metrics.items() if v is not None}
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+@dataclass
+class Run:
+    """What the steps of one training process share."""
+
+    cfg: Config
+    info: DistInfo
+    device: torch.device
+    output_dir: Path
+    model: WhisperLLaDA
+    tokenizer: Any
+    loss_module: nn.Module  # LossModule, wrapped in DDP when there are several processes
+    optimizer: torch.optim.AdamW
+    scaler: torch.amp.GradScaler
+    mask_generator: torch.Generator
+    progress: Progress
+    log: MetricsLog | None  # rank 0 only
+    sampler_state: dict[str, Any] | None  # the data position after the last consumed batch
+    bad_utterances: int  # this rank's, over the whole run
+
+    def autocast(self) -> torch.autocast:
+        dtype = AUTOCAST_DTYPES[self.cfg.train.precision]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    parser.add_argument(
+        "--stop-at", type=int, default=None, help="end after this many updates, with a checkpoint"
+    )
+    return parser.parse_args(argv)
+
+
+def check_config(cfg: Config) -> None:
+    """Stop early, saying what to change, on settings the loop cannot run with."""
+    if not cfg.data.train_manifests:
+        raise SystemExit("set data.train_manifests (lhotse CutSets or the authors' JSON / JSONL)")
+    for key in ("max_steps", "grad_accum", "valid_every", "log_every", "save_every"):
+        if getattr(cfg.train, key) < 1:
+            raise SystemExit(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("train.device=cuda but no CUDA device is visible: use train.device=cpu")
+
+
+def build_trainable_model(
+    cfg: Config, device: torch.device, resume: Path | None, *, announce: bool
+) -> tuple[WhisperLLaDA, Any]:
+    """The model with this stage's freeze policy and its starting weights.
+
+    Weights come from the run's last checkpoint when resuming, else from train.init_checkpoint
+    (a stage-1 checkpoint may lack the LoRA factors of stage 2: they start fresh), else from the
+    build, seeded alike on every rank.
+    """
+    torch.manual_seed(cfg.train.seed)
+    model, tokenizer = build_model(cfg.model, device=device)
+    model.set_lora_trainable(cfg.train.trainable == "projector_lora")
+    source = resume / WEIGHTS_FILE if resume else cfg.train.init_checkpoint
+    if source:
+        tensors, _, _ = read_checkpoint(source)
+        stage_two = not resume and cfg.train.trainable == "projector_lora"
+        load_trainable_state(model, tensors, source=str(source), allow_missing_lora=stage_two)
+        fresh = len(set(model.trainable_parameters()) - set(tensors))
+        if announce:
+            print(f"weights from {source}" + (f"; {fresh} LoRA factors start fresh" * bool(fresh)))
+    return model, tokenizer
+
+
+def setup(cfg: Config, info: DistInfo, device: torch.device) -> tuple[Run, ResumableSampler]:
+    """Model, optimizer, scaler, random streams and data position: fresh, or as last saved."""
+    output_dir = Path(cfg.train.output_dir)
+    resume, state = load_training_state(output_dir, info.world_size) or (None, None)
+    model, tokenizer = build_trainable_model(cfg, device, resume, announce=info.is_main)
+    optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    mine = state["ranks"][info.rank] if state else None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    mask_generator = torch.Generator(device)  # seeded below
+    loss_module: nn.Module = LossModule(model, cfg.model, cfg.loss)
+    if info.world_size > 1:
+        loss_module = DistributedDataParallel(
+            loss_module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False,  # no running statistics: the buffers are constants
+        )
+    cuts, dropped = read_cuts(
+        cfg.data.train_manifests, skip_bad_audio=cfg.data.skip_bad_audio, seed=cfg.train.seed
+    )
+    for message in dropped:
+        warnings.warn(f"left out of training: {message}", stacklevel=1)
+    run = Run(
+        cfg=cfg,
+        info=info,
+        device=device,
+        output_dir=output_dir,
+        model=model,
+        tokenizer=tokenizer,
+        loss_module=loss_module,
+        optimizer=optimizer,
+        scaler=scaler,
+        mask_generator=mask_generator,
+        progress=Progress(**state["progress"]) if state else Progress(),
+        log=MetricsLog(cfg, output_dir) if info.is_main else None,
+        sampler_state=mine["sampler"] if mine else None,
+        bad_utterances=mine["bad_utterances"] if mine else len(dropped) * info.is_main,
+    )
+    sampler = ResumableSampler(
+        bucketing_sampler(
+            cuts, cfg.data, seed=cfg.train.seed, rank=info.rank, world_size=info.world_size
+        ),
+        run.sampler_state,
+    )
+    # Last, so that nothing above shifts them: per-rank streams (dropout, masks), or the saved.
+    seed_everything(cfg.train.seed + info.rank)
+    mask_generator.manual_seed(cfg.train.seed + info.rank)
+    if mine is not None:
+        restore_rng_state(mine["rng"], {"mask": mask_generator})
+    if info.is_main:
+        where = f"resuming from {resume} after {run.progress.step} updates" if resume else "new run"
+        print(f"{where}: {info.world_size} process(es) on {device}, {cfg.train.precision}")
+    return run, sampler
+
+
+def next_batch(run: Run, batches: Iterator[TrainingBatch]) -> TrainingBatch:
+    """The next batch with at least one good utterance; bad ones are counted and reported."""
+    while True:
+        batch: TrainingBatch = next(batches)
+        run.sampler_state = batch.sampler_state
+        for message in batch.bad:
+            run.bad_utterances += 1
+            warnings.warn(
+                f"skipped bad audio ({run.bad_utterances} on rank {run.info.rank}): {message}",
+                stacklevel=1,
+            )
+        if batch.speech is not None:
+            return batch
+
+
+def all_ranks(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is True on every rank (one all-reduce)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor(int(flag), device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def train_step(run: Run, batches: Iterator[TrainingBatch]) -> tuple[Counter, float]:
+    """One update over train.grad_accum micro-batches, skipped when not finite.
+
+    Returns the sums the logs average (losses, micro-batches, utterances, audio seconds) and
+    the gradient norm (NaN for a skipped update).
+    """
+    cfg = run.cfg.train
+    set_lr(run.optimizer, lr_at(run.progress.step, cfg))
+    run.optimizer.zero_grad(set_to_none=True)
+    ddp = isinstance(run.loss_module, DistributedDataParallel)
+    sums, micro_batches, losses = Counter(), [], []
+    for micro in range(cfg.grad_accum):
+        batch = next_batch(run, batches)
+        micro_batches.append(batch)
+        syncs = not ddp or micro == cfg.grad_accum - 1  # all-reduce gradients once per update
+        with nullcontext() if syncs else run.loss_module.no_sync():
+            with run.autocast():
+                speech = batch.to(run.device, non_blocking=True).speech
+                output = run.loss_module(speech, run.mask_generator)
+            # Each loss is a batch mean already: the update follows their mean.
+            run.scaler.scale(output.total / cfg.grad_accum).backward()
+        losses.append(output.total.item())
+        if math.isfinite(losses[-1]):
+            sums["loss"] += losses[-1]
+            sums["diffusion"] += output.diffusion.item()
+            sums["ctc"] += 0.0 if output.ctc is None else output.ctc.item()
+            sums["micro_batches"] += 1
+        sums["utterances"] += len(batch.ids)
+        sums["audio_seconds"] += batch.audio_seconds
+    if not all_ranks(all(map(math.isfinite, losses)), run.device):
+        skip_bad_step(run, micro_batches, losses, cause="loss")
+        return sums, math.nan
+    run.scaler.unscale_(run.optimizer)
+    parameters = list(run.model.trainable_parameters().values())
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, cfg.clip_grad_norm or math.inf))
+    # fp16: the scaler itself skips updates with inf gradients and lowers its scale.
+    if not math.isfinite(grad_norm) and cfg.precision != "fp16":
+        skip_bad_step(run, micro_batches, losses, cause="gradient")
+        return sums, grad_norm
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.progress.step += 1
+    run.progress.bad_steps_in_a_row = 0
+    return sums, grad_norm
+
+
+def skip_bad_step(
+    run: Run, micro_batches: list[TrainingBatch], losses: list[float], cause: str
+) -> None:
+    """Count a skipped update, save its batches, and stop after train.max_bad_steps in a row.
+
+    Saved are the batches whose loss was not finite (for a non-finite gradient, all of the
+    step's); every rank's go to rank 0, which writes them.
+    """
+    progress = run.progress
+    progress.bad_steps += 1
+    progress.bad_steps_in_a_row += 1
+    suspects = [
+        i for i, loss in enumerate(losses) if cause == "gradient" or not math.isfinite(loss)
+    ]
+    records = [
+        {"step": progress.step, "rank": run.info.rank, "micro_batch": i, "loss": losses[i]}
+        | micro_batches[i].contents()
+        for i in suspects
+    ]
+    folder = run.output_dir / BAD_BATCHES_DIR
+    prefix = f"step-{progress.step:08d}-bad{progress.bad_steps}"
+    for rank_records in gather_to_main(records):
+        for record in rank_records:
+            name = f"{prefix}-rank{record['rank']}-micro{record['micro_batch']}.pt"
+            write_atomically(folder / name, partial(torch.save, record))
+    message = (
+        f"{progress.bad_steps_in_a_row} update(s) in a row had a non-finite loss or gradient "
+        f"(after {progress.step} updates); the offending batches are in {folder}"
+    )
+    if progress.bad_steps_in_a_row >= run.cfg.train.max_bad_steps:
+        raise NonFiniteLossError(
+            f"{message}. Check those utterances, lower train.lr, or train in bf16 / fp32 "
+            "(train.precision); train.max_bad_steps sets how many in a row are tolerated"
+        )
+    if run.info.is_main:
+        warnings.warn(f"{message}; update skipped", stacklevel=1)
+
+
+@torch.no_grad()
+def validate(run: Run, valid: list[CutSet]) -> dict[str, float | None]:
+    """Loss over the validation set with fixed masks, and CTC greedy WER on a few utterances.
+
+    Every call draws the same masks (a generator seeded with train.seed), so two validations
+    differ only by the weights. The WER (rank 0's first valid_wer_utterances, greedy CTC) needs
+    a CTC head; without one it is None: diffusion decoding is too slow for a quick check.
+    """
+    cfg = run.cfg
+    run.model.eval()
+    generator = torch.Generator(run.device).manual_seed(cfg.train.seed)
+    dataset = SpeechDataset(run.tokenizer, cfg.audio, skip_bad_audio=cfg.data.skip_bad_audio)
+    loader = data_loader(dataset, valid, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+    loss_sum, count = 0.0, 0
+    wanted = cfg.train.valid_wer_utterances if run.info.is_main and run.model.ctc_head else 0
+    scored: list[tuple[str, str, str]] = []
+    for batch in (b for b in loader if b.speech is not None):
+        speech = batch.to(run.device).speech
+        with run.autocast():
+            loss_sum += training_loss(
+                run.model, speech, cfg.model, cfg.loss, generator
+            ).total.item() * len(batch.ids)
+            count += len(batch.ids)
+            if len(scored) < wanted:
+                audio = run.model.encode_audio(speech.mel, speech.mel_lengths)
+                drafts = ctc_greedy_decode(run.model.ctc_logits(audio), audio.lengths)
+                texts = [decode_text(run.tokenizer, ids) for ids in drafts]
+                scored += list(zip(batch.ids, batch.texts, texts, strict=True))
+    totals = torch.tensor([loss_sum, count], dtype=torch.float64).to(run.device)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    run.model.train()
+    loss = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
+    return {"valid_loss": loss, "valid_wer": score(scored[:wanted])[0].wer if scored else None}
+
+
+def evaluate(run: Run, valid: list[CutSet]) -> float:
+    """Validate, log, and write best.safetensors when the loss is the lowest so far."""
+    metrics = validate(run, valid)
+    loss, best = metrics["valid_loss"], run.progress.best_valid_loss
+    improved = math.isfinite(loss) and (best is None or loss < best)
+    if improved:
+        run.progress.best_valid_loss = loss  # the same on every rank: the loss is all-reduced
+    if run.log is not None:
+        run.log.write(run.progress.step, metrics)
+        if improved:
+            save_checkpoint(
+                run.model,
+                run.output_dir / "best.safetensors",
+                config=to_dict(run.cfg),
+                metadata={"step": run.progress.step, "valid_loss": loss},
+            )
+    return loss
+
+
+def save(run: Run, valid_loss: float | None) -> None:
+    """Weights and the full training state of every rank as `<output_dir>/last`."""
+    rank_state = {
+        "sampler": run.sampler_state,
+        "rng": rng_state({"mask": run.mask_generator}),
+        "bad_utterances": run.bad_utterances,
+    }
+    save_training_checkpoint(
+        run.output_dir,
+        run.model,
+        progress=run.progress,
+        optimizer=run.optimizer,
+        scaler=run.scaler,
+        rank_state=rank_state,
+        config=to_dict(run.cfg),
+        metadata={"valid_loss": valid_loss},
+    )
+
+
+def window_metrics(run: Run, sums: Counter, seconds: float, grad_norm: float) -> dict[str, float]:
+    """Averages and rates of a log window over every rank (one all-reduce)."""
+    keys = ("loss", "diffusion", "ctc", "micro_batches", "utterances", "audio_seconds")
+    local = [sums[k] for k in keys] + [run.bad_utterances]
+    totals = torch.tensor(local, dtype=torch.float64).to(run.device)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    total = dict(zip((*keys, "bad_utterances"), totals.tolist(), strict=True))
+    micro = max(total["micro_batches"], 1.0)
+    return {
+        "loss": total["loss"] / micro,
+        "diffusion": total["diffusion"] / micro,
+        "ctc": total["ctc"] / micro if run.model.ctc_head is not None else None,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "grad_norm": grad_norm,
+        "utterances_per_s": total["utterances"] / seconds,
+        "audio_hours_per_s": total["audio_seconds"] / SECONDS_PER_HOUR / seconds,
+        "bad_utterances": int(total["bad_utterances"]),
+        "bad_steps": run.progress.bad_steps,
+    }
+
+
+def train(run: Run, sampler: ResumableSampler, valid: list[CutSet], stop_at: int | None) -> None:
+    """The loop: update; then log, validate and checkpoint when their step counts come."""
+    cfg, progress = run.cfg.train, run.progress
+    dataset = SpeechDataset(
+        run.tokenizer, run.cfg.audio, skip_bad_audio=run.cfg.data.skip_bad_audio
+    )
+    loader = data_loader(
+        dataset,
+        sampler,
+        num_workers=run.cfg.data.num_workers,
+        seed=cfg.seed,
+        pin_memory=run.device.type == "cuda",
+    )
+    batches = iter(loader)
+    if valid and run.sampler_state is None:
+        evaluate(run, valid)  # the baseline of a new run
+    last_step = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
+    last_seen = progress.step
+    bar = tqdm(
+        total=cfg.max_steps, initial=progress.step, unit="step", disable=None if run.log else True
+    )
+    run.model.train()
+    window, started, rates = Counter(), time.perf_counter(), {}
+    while progress.step < last_step:
+        sums, grad_norm = train_step(run, batches)
+        window.update(sums)
+        if progress.step == last_seen:
+            continue  # skipped: no update
+        step = last_seen = progress.step
+        if step % cfg.log_every == 0:
+            metrics = window_metrics(run, window, time.perf_counter() - started, grad_norm)
+            rates = {k: f"{metrics[k]:.3g}" for k in ("utterances_per_s", "audio_hours_per_s")}
+            if run.log is not None:
+                run.log.write(step, metrics)
+            window, started = Counter(), time.perf_counter()
+        loss = sums["loss"] / max(sums["micro_batches"], 1)
+        lr = run.optimizer.param_groups[0]["lr"]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", **rates)
+        valid_loss = None
+        if valid and (step % cfg.valid_every == 0 or step == cfg.max_steps):
+            valid_loss = evaluate(run, valid)
+        if step % cfg.save_every == 0 or step == last_step:
+            save(run, valid_loss)
+    bar.close()
+
+
+def main(argv: list[str] | None = None) -> Progress:
+    """Train as the config says; returns the run's counters (updates, best loss, bad steps)."""
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    check_config(cfg)
+    # The tokenizer runs in DataLoader workers; its own threads do not survive a fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    info = init_distributed(cfg.train.device)
+    run = None
+    try:
+        run, sampler = setup(cfg, info, device_for(cfg.train.device, info))
+        if run.log is not None:
+            config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+            write_text_atomically(run.output_dir / "config.yaml", config_yaml)
+        valid: list[CutSet] = []
+        if cfg.data.valid_manifests:
+            valid_cuts, _ = read_cuts(
+                cfg.data.valid_manifests,
+                skip_bad_audio=cfg.data.skip_bad_audio,
+                seed=cfg.train.seed,
+            )
+            valid = validation_batches(
+                valid_cuts, cfg.data, rank=info.rank, world_size=info.world_size
+            )
+        train(run, sampler, valid, args.stop_at)
+        barrier()  # no rank leaves while rank 0 still writes (an early exit can hang gloo)
+        return run.progress
+    finally:
+        if run is not None and run.log is not None:
+            run.log.close()
+        shutdown()
+
 
 if __name__ == "__main__":
-    sys.exit(
-        "train.py is not available yet (issue #4); see `python -m whisper_llada.smoke --help`."
-    )
+    main()

@@ -94,25 +94,38 @@ def read_checkpoint(
     return tensors, json.loads(header.get("config", "{}")), json.loads(header.get("metadata", "{}"))
 
 
-def load_checkpoint(model: WhisperLLaDA, path: str | Path) -> dict[str, Any]:
+def load_checkpoint(
+    model: WhisperLLaDA, path: str | Path, *, allow_missing_lora: bool = False
+) -> dict[str, Any]:
     """Load trainable weights strictly into `model`; return the stored metadata.
 
     Every tensor in the file must match a parameter of the model by name and shape, and every
     trainable parameter of the model must be in the file; parameters absent from the file must
-    be frozen ones (they come from the pretrained directories).
+    be frozen ones (they come from the pretrained directories). The one exception is
+    `allow_missing_lora=True`, for starting dLLM-ASR's stage 2 (projector + LoRA) from a stage-1
+    checkpoint (projector only): LoRA factors absent from the file keep their initial values;
+    every other trainable parameter must still be there.
     """
     tensors, _, metadata = read_checkpoint(path)
-    load_trainable_state(model, tensors, source=str(path))
+    load_trainable_state(model, tensors, source=str(path), allow_missing_lora=allow_missing_lora)
     return metadata
 
 
 def load_trainable_state(
-    model: WhisperLLaDA, tensors: dict[str, torch.Tensor], *, source: str
+    model: WhisperLLaDA,
+    tensors: dict[str, torch.Tensor],
+    *,
+    source: str,
+    allow_missing_lora: bool = False,
 ) -> None:
     params = dict(model.named_parameters())
     trainable = model.trainable_parameters()
     unexpected = sorted(set(tensors) - set(params))
-    missing = sorted(set(trainable) - set(tensors))
+    missing = sorted(
+        name
+        for name in set(trainable) - set(tensors)
+        if not (allow_missing_lora and ".lora_" in name)
+    )
     mismatched = sorted(
         f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(params[k].shape)}"
         for k in set(tensors) & set(params)

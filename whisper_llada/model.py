@@ -93,6 +93,17 @@ class WhisperLLaDA(nn.Module):
         """Every parameter the optimiser, DDP and checkpoints see, by name."""
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
+    def set_lora_trainable(self, trainable: bool) -> None:
+        """Train the LoRA factors (dLLM-ASR stage 2) or freeze them (stage 1: projector + CTC).
+
+        Call it before building the optimiser: `trainable_parameters()` follows it. Frozen
+        factors keep their values; freshly initialised, they change nothing (LoRA's B is zero).
+        A model without LoRA has nothing to switch.
+        """
+        for name, parameter in self.llada.named_parameters():
+            if ".lora_" in name:
+                parameter.requires_grad_(trainable)
+
     @property
     def llm_dtype(self) -> torch.dtype:
         return self.embedding_weight.dtype
