@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     barrier()
     if info.is_main:
         print(summarize(cfg, output_dir))
+    barrier()  # no rank tears the process group down while the main rank still merges
     shutdown()
 
 

@@ -131,6 +131,7 @@ def test_torchrun_shards_are_disjoint_and_merged(tiny_models, test_set, uninterr
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     command = [
         torchrun,
+        "--standalone",
         "--nproc_per_node=2",
         str(REPO / "inference.py"),
         *arguments(tiny_models, test_set, output_dir),
