@@ -73,7 +73,9 @@ def build_model(
     dtype = getattr(torch, cfg.dtype)
     encoder_dtype = torch.float32 if cfg.train_encoder else dtype
     encoder = load_whisper_encoder(cfg.whisper_path, dtype=encoder_dtype, device=device)
-    llada = load_llada(cfg.llada_path, dtype=dtype, device=device)
+    llada = load_llada(
+        cfg.llada_path, dtype=torch.float32 if cfg.train_llm else dtype, device=device
+    )
     tokenizer = load_tokenizer(cfg.llada_path)
     special = special_tokens(tokenizer, llada.config)
     if cfg.gradient_checkpointing:
@@ -92,6 +94,7 @@ def build_model(
         special,
         ctc_head=ctc_head,
         train_encoder=cfg.train_encoder,
+        train_llm=cfg.train_llm,
     )
     return model.to(device), tokenizer
 

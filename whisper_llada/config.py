@@ -80,6 +80,7 @@ class ModelConfig:
     llada_path: str = ""
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # frozen encoder and LLM
     train_encoder: bool = False
+    train_llm: bool = False  # full fine-tuning of every LLaDA weight (the demo's LLM starts random)
     projector: Literal["qformer", "conv_adapter", "frame_stack"] = "qformer"
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     conv_adapter: ConvAdapterConfig = field(default_factory=ConvAdapterConfig)

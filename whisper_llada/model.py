@@ -55,6 +55,8 @@ class WhisperLLaDA(nn.Module):
         special: special token ids of the tokenizer.
         ctc_head: optional `ctc.CTCHead` (the dLLM-ASR prior).
         train_encoder: fine-tune the encoder too (default: frozen, eval mode, no autograd graph).
+        train_llm: fine-tune every LLM weight (full fine-tuning, e.g. of a model that starts
+            random); default: only the LoRA factors, if any, are trainable.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class WhisperLLaDA(nn.Module):
         *,
         ctc_head: nn.Module | None = None,
         train_encoder: bool = False,
+        train_llm: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -79,7 +82,9 @@ class WhisperLLaDA(nn.Module):
             "prompt_ids", torch.tensor(prompt_ids, dtype=torch.long), persistent=False
         )
         self.encoder.requires_grad_(train_encoder)
-        if not any("lora_" in name for name, _ in llada.named_parameters()):
+        if train_llm:
+            self.llada.requires_grad_(True)
+        elif not any("lora_" in name for name, _ in llada.named_parameters()):
             self.llada.requires_grad_(False)
         self.train(False)
 

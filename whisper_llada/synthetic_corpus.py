@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 LIBRISPEECH_SPLITS = (*LIBRISPEECH, *MINI_LIBRISPEECH)  # the names lhotse's recipe looks for
 MARKER_NAME = "synthetic_corpus.json"
 UTTERANCES_NAME = "utterances.jsonl"
-MARKER_FORMAT = 1  # bump when the same parameters would produce a different corpus
+MARKER_FORMAT = 2  # bump when the same parameters would produce a different corpus
 FIRST_SPEAKER_ID = 100
 CHAPTER_ID_OFFSET = 10_000  # chapter id = speaker id + offset: one chapter per speaker
 DEFAULT_WORKERS = 2  # espeak-ng + sox pipelines at a time
@@ -68,8 +68,8 @@ class CorpusSpec:
     voices: dict[str, list[str]]
     rates_wpm: list[int]
     pitches: list[int]
-    speeds: list[float]
-    snrs_db: list[float | None]
+    speeds: dict[str, list[float]]
+    snrs_db: dict[str, list[float | None]]
     format: int = MARKER_FORMAT
 
     def check(self) -> None:
@@ -86,12 +86,16 @@ class CorpusSpec:
         low, high = PITCH_RANGE
         if not self.pitches or not low <= min(self.pitches) <= max(self.pitches) <= high:
             raise ValueError(f"pitches must lie in espeak-ng's {low}..{high}, got {self.pitches}")
-        if not self.speeds or min(self.speeds) <= 0:
-            raise ValueError(
-                f"speeds must be positive factors (1.0 = unchanged), got {self.speeds}"
-            )
-        if not self.snrs_db:
-            raise ValueError("snrs_db needs at least one value (None = clean audio)")
+        for split in self.splits:
+            speeds, snrs_db = self.speeds[split], self.snrs_db[split]
+            if not speeds or min(speeds) <= 0:
+                raise ValueError(
+                    f"speeds must be positive factors (1.0 = unchanged), got {speeds} for {split}"
+                )
+            if not snrs_db:
+                raise ValueError(
+                    f"snrs_db needs at least one value (None = clean audio), got none for {split}"
+                )
         for voice in itertools.chain(*self.voices.values()):
             check_voice(voice)
 
@@ -125,8 +129,8 @@ def build_synthetic_corpus(
     voices: Sequence[str] | Mapping[str, Sequence[str]] = DEFAULT_VOICES,
     rates_wpm: Sequence[int] = DEFAULT_RATES_WPM,
     pitches: Sequence[int] = DEFAULT_PITCHES,
-    speeds: Sequence[float] = (1.0,),
-    snrs_db: Sequence[float | None] = (None,),
+    speeds: Sequence[float] | Mapping[str, Sequence[float]] = (1.0,),
+    snrs_db: Sequence[float | None] | Mapping[str, Sequence[float | None]] = (None,),
     workers: int = DEFAULT_WORKERS,
 ) -> Path:
     """Build, or find already built, a synthetic corpus in LibriSpeech's layout under `root`.
@@ -135,14 +139,17 @@ def build_synthetic_corpus(
         root: the corpus folder (what lhotse's `prepare_librispeech` takes as `corpus_dir`).
         splits: utterances per split, e.g. {"train-clean-100": 400, "dev-clean": 50}, with
             LibriSpeech's split names. Splits are made in sorted order, so the mapping's order
-            does not matter.
+            does not matter, and a corpus of the first splits of another (same seed and
+            settings) holds exactly its utterances: "train-*" sorts after "dev-*" and "test-*",
+            so held-out sets can be rebuilt without synthesising the training audio.
         seed: the vocabulary, sentences, voice settings and noise all follow from it.
         vocabulary_size, min_words, max_words, random_order_share: see `SentenceGenerator`.
         voices: espeak-ng voices for every split, or a mapping from each split to its own voices
             (e.g. a test split with a voice unseen in training).
         rates_wpm, pitches: a speaker is one (voice, rate, pitch) combination of these.
-        speeds: sox speed factors, one drawn per utterance.
-        snrs_db: white-noise SNRs in dB, one drawn per utterance; None is clean audio.
+        speeds: sox speed factors, one drawn per utterance; for every split, or per split.
+        snrs_db: white-noise SNRs in dB, one drawn per utterance, None is clean audio; for every
+            split, or per split (e.g. a noisy test split).
         workers: espeak-ng + sox pipelines run at a time (threads).
 
     Returns:
@@ -152,16 +159,15 @@ def build_synthetic_corpus(
     """
     if isinstance(voices, str):
         raise TypeError(f"voices must be a list of voices or a mapping per split, got {voices!r}")
-    per_split = voices if isinstance(voices, Mapping) else dict.fromkeys(splits, voices)
-    if set(per_split) != set(splits):
-        raise ValueError(
-            f"voices must name exactly the splits {sorted(splits)}, got {sorted(per_split)}"
-        )
+    voices, speeds, snrs_db = (
+        _per_split(name, values, splits)
+        for name, values in [("voices", voices), ("speeds", speeds), ("snrs_db", snrs_db)]
+    )
     spec = CorpusSpec(
         splits={s: splits[s] for s in sorted(splits)}, seed=seed, vocabulary_size=vocabulary_size,
         min_words=min_words, max_words=max_words, random_order_share=random_order_share,
-        voices={s: list(per_split[s]) for s in sorted(splits)}, rates_wpm=list(rates_wpm),
-        pitches=list(pitches), speeds=list(speeds), snrs_db=list(snrs_db),
+        voices=voices, rates_wpm=list(rates_wpm), pitches=list(pitches), speeds=speeds,
+        snrs_db=snrs_db,
     )  # fmt: skip
     root = Path(root)
     if _is_finished(root, spec):
@@ -181,6 +187,16 @@ def build_synthetic_corpus(
     staging.rename(root)
     logger.info("built a synthetic corpus of %d utterances in %s", len(plan), root)
     return root
+
+
+def _per_split(name: str, values: Sequence | Mapping[str, Sequence], splits) -> dict[str, list]:
+    """One list of `values` per split, in sorted split order (a plain sequence serves every split)."""
+    per_split = values if isinstance(values, Mapping) else dict.fromkeys(splits, values)
+    if set(per_split) != set(splits):
+        raise ValueError(
+            f"{name} must name exactly the splits {sorted(splits)}, got {sorted(per_split)}"
+        )
+    return {split: list(per_split[split]) for split in sorted(splits)}
 
 
 def _is_finished(root: Path, spec: CorpusSpec) -> bool:
@@ -231,7 +247,7 @@ def plan_utterances(spec: CorpusSpec) -> list[PlannedUtterance]:
             plan.append(PlannedUtterance(
                 id=utterance_id, split=split, path=f"{split}/{speaker}/{chapter}/{utterance_id}.flac",
                 text=sentence.text, kind=sentence.kind, voice=voice, rate_wpm=rate_wpm, pitch=pitch,
-                speed=rng.choice(spec.speeds), snr_db=rng.choice(spec.snrs_db),
+                speed=rng.choice(spec.speeds[split]), snr_db=rng.choice(spec.snrs_db[split]),
                 noise_seed=rng.getrandbits(32),
             ))  # fmt: skip
         first_speaker += n_speakers

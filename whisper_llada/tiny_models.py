@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import json
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ WHISPER_AUDIO_CONTEXT = 1500  # encoder frames for 30 s: 3000 mel frames / conv 
 TINY_BPE_VOCAB = 1000  # byte-level BPE pieces (256 bytes + merges) before the special tokens
 EMBEDDING_ROWS_MULTIPLE = 64  # LLaDA-8B: 126464 = 1976 * 64 rows, beyond its last id 126348
 TINY_NORM_WEIGHT_STD = 0.1  # random RMSNorm gains, so a forward that ignores them is caught
+WORD_LEVEL_VOCAB_LIMIT = 100_000  # more than any closed vocabulary's merges need
 TINY_NUMBERS = 1000  # "0" .. "999" join the tokenizer's training text
 # In the order of their ids in LLaDA-8B-Instruct (126080, 126081, 126336, 126346, 126347, 126348).
 LLADA_SPECIAL_TOKENS = (
@@ -90,19 +92,27 @@ def _tokenizer_training_text() -> list[str]:
     ]
 
 
-def _train_tiny_tokenizer():
-    """Byte-level BPE on the offline text, then the LLaDA special tokens (ids after the BPE)."""
+def _train_tiny_tokenizer(words: Sequence[str] | None = None):
+    """Byte-level BPE, then the LLaDA special tokens (ids after the BPE).
+
+    Without `words`: TINY_BPE_VOCAB pieces learnt from the offline English text. With `words`
+    (a closed vocabulary): merges run until every word, alone or after a space, is one token.
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    if words is None:
+        text, vocab_size = _tokenizer_training_text(), TINY_BPE_VOCAB
+    else:  # "w w" holds w at the start of a text and after a space ("Ġw")
+        text, vocab_size = [f"{word} {word}" for word in words], WORD_LEVEL_VOCAB_LIMIT
     trainer = trainers.BpeTrainer(
-        vocab_size=TINY_BPE_VOCAB,
+        vocab_size=vocab_size,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_tokenizer_training_text(), trainer=trainer)
+    tokenizer.train_from_iterator(text, trainer=trainer)
     tokenizer.add_special_tokens(
         [AddedToken(token, special=True, normalized=False) for token in LLADA_SPECIAL_TOKENS]
     )
@@ -162,16 +172,18 @@ def write_tiny_llada(
     n_kv_heads: int = 4,
     mlp_hidden_size: int = 192,
     num_shards: int = 2,
+    words: Sequence[str] | None = None,
 ) -> Path:
     """Write a random LLaDA in the exact layout of GSAI-ML/LLaDA-8B-Instruct.
 
     config.json, generation_config.json, `num_shards` float32 safetensors shards with
     model.safetensors.index.json, tokenizer.json (a byte-level BPE trained here, with the real
     special-token strings), tokenizer_config.json (chat template) and special_tokens_map.json.
-    The same seed gives byte-identical files.
+    The same seed gives byte-identical files. `words`: a closed vocabulary the tokenizer spells
+    with one token per word (the demo's corpus vocabulary).
     """
     out_dir = Path(out_dir)
-    tokenizer = _train_tiny_tokenizer()
+    tokenizer = _train_tiny_tokenizer(words)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     rows = -(-len(vocab) // EMBEDDING_ROWS_MULTIPLE) * EMBEDDING_ROWS_MULTIPLE
     config = dataclasses.replace(
@@ -206,7 +218,14 @@ def write_tiny_llada(
     return out_dir
 
 
-def write_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
+def write_tiny_whisper(
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    width: int = TINY_WHISPER_WIDTH,
+    layers: int = TINY_WHISPER_LAYERS,
+    heads: int = TINY_WHISPER_HEADS,
+) -> Path:
     """Write a random Whisper model in transformers' layout (WhisperForConditionalGeneration).
 
     The directory holds config.json, generation_config.json, model.safetensors and
@@ -219,13 +238,13 @@ def write_tiny_whisper(out_dir: str | Path, seed: int = 0) -> Path:
     config = WhisperConfig(
         vocab_size=128,
         num_mel_bins=TINY_N_MELS,
-        d_model=TINY_WHISPER_WIDTH,
-        encoder_layers=TINY_WHISPER_LAYERS,
-        encoder_attention_heads=TINY_WHISPER_HEADS,
-        encoder_ffn_dim=4 * TINY_WHISPER_WIDTH,
+        d_model=width,
+        encoder_layers=layers,
+        encoder_attention_heads=heads,
+        encoder_ffn_dim=4 * width,
         decoder_layers=1,
-        decoder_attention_heads=TINY_WHISPER_HEADS,
-        decoder_ffn_dim=4 * TINY_WHISPER_WIDTH,
+        decoder_attention_heads=heads,
+        decoder_ffn_dim=4 * width,
         max_source_positions=WHISPER_AUDIO_CONTEXT,
         max_target_positions=32,
         pad_token_id=1,

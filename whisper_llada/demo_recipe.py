@@ -1,0 +1,98 @@
+"""The demo model's recipe: its synthetic corpus, its held-out test sets and its starting models.
+
+The shipped demo model (models/demo) was trained by `python -m whisper_llada.demo retrain`, which
+follows this module; `python -m whisper_llada.demo` rebuilds only the held-out sets and decodes
+them. Everything follows from DEMO_SEED, so the rebuilt test sets are exactly those the model was
+evaluated on during development, and their sentences never occur in training.
+
+The corpus, in LibriSpeech's layout (so lhotse's recipe prepares it):
+- train-clean-100: TRAIN_UTTERANCES sentences by the seen voices, lightly perturbed (speed and
+  white noise, as data augmentation);
+- dev-clean: validation during training (seen voices, clean);
+- test-clean: seen voices, clean;
+- test-other: one voice never heard in training, clean;
+- dev-other: seen voices with strong speed and noise perturbation.
+Half of all sentences are random word sequences, which no language model can predict: the model
+has to listen. Splits are synthesised in sorted order ("train-*" last), so a corpus of the
+held-out splits alone holds exactly the held-out utterances of the full corpus.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from whisper_llada.corpora import LIBRISPEECH_TEXT_POLICY, prepare_librispeech
+from whisper_llada.sentences import SentenceGenerator
+from whisper_llada.speech_synthesis import DEFAULT_VOICES
+from whisper_llada.synthetic_corpus import build_synthetic_corpus
+from whisper_llada.tiny_models import write_tiny_llada, write_tiny_whisper
+
+DEMO_SEED = 2026
+VOCABULARY_SIZE = 300
+MIN_WORDS, MAX_WORDS = 3, 10
+RANDOM_ORDER_SHARE = 0.5
+TRAIN_UTTERANCES = 6000
+UNSEEN_VOICE = "en-gb-x-rp+f4"  # no voice of DEFAULT_VOICES uses this accent with this variant
+
+CLEAN = None  # an SNR entry: no noise
+TRAIN_SPLIT = "train-clean-100"
+HELD_OUT_SPLITS = {  # split -> (utterances, voices, speeds, SNRs in dB)
+    "dev-clean": (100, DEFAULT_VOICES, (1.0,), (CLEAN,)),
+    "dev-other": (100, DEFAULT_VOICES, (0.85, 1.15), (15.0, 10.0)),
+    "test-clean": (200, DEFAULT_VOICES, (1.0,), (CLEAN,)),
+    "test-other": (100, (UNSEEN_VOICE,), (1.0,), (CLEAN,)),
+}
+TRAIN_PERTURBATION = ((0.9, 1.0, 1.1), (CLEAN, CLEAN, 20.0))  # speeds, SNRs in dB
+TEST_SETS = {  # what the demo reports, by the split that holds it
+    "test-clean": "seen voices",
+    "test-other": "unseen voice",
+    "dev-other": "seen voices, speed 0.85/1.15 + noise 10-15 dB",
+}
+
+# Starting models: random, in the real formats; the recipe trains every weight.
+WHISPER_WIDTH, WHISPER_LAYERS, WHISPER_HEADS = 128, 3, 4
+LLADA_WIDTH, LLADA_LAYERS, LLADA_HEADS, LLADA_MLP = 256, 4, 4, 512
+
+
+def build_demo_corpus(root: str | Path, *, with_train: bool, workers: int = 2) -> Path:
+    """Synthesise the demo corpus under `root`: the held-out splits, and training when asked."""
+    splits = {split: count for split, (count, *_) in HELD_OUT_SPLITS.items()}
+    voices = {split: voices for split, (_, voices, *_) in HELD_OUT_SPLITS.items()}
+    speeds = {split: speeds for split, (*_, speeds, _) in HELD_OUT_SPLITS.items()}
+    snrs_db = {split: snrs for split, (*_, snrs) in HELD_OUT_SPLITS.items()}
+    if with_train:
+        splits[TRAIN_SPLIT] = TRAIN_UTTERANCES
+        voices[TRAIN_SPLIT] = DEFAULT_VOICES
+        speeds[TRAIN_SPLIT], snrs_db[TRAIN_SPLIT] = TRAIN_PERTURBATION
+    return build_synthetic_corpus(
+        root, splits, seed=DEMO_SEED, vocabulary_size=VOCABULARY_SIZE, min_words=MIN_WORDS,
+        max_words=MAX_WORDS, random_order_share=RANDOM_ORDER_SHARE, voices=voices,
+        speeds=speeds, snrs_db=snrs_db, workers=workers,
+    )  # fmt: skip
+
+
+def prepare_demo_manifests(corpus_root: str | Path, manifest_dir: str | Path) -> dict[str, Path]:
+    """lhotse cut manifests of every split found under `corpus_root`, by split name."""
+    return prepare_librispeech(corpus_root, manifest_dir, None, LIBRISPEECH_TEXT_POLICY)
+
+
+def demo_words() -> list[str]:
+    """The corpus vocabulary as the transcripts spell it (upper case), "AN" included."""
+    vocabulary = SentenceGenerator(DEMO_SEED, vocabulary_size=VOCABULARY_SIZE).vocabulary
+    return sorted({word.upper() for word in (*vocabulary, "an")})
+
+
+def write_demo_base_models(out_dir: str | Path, seed: int = DEMO_SEED) -> dict[str, Path]:
+    """The random starting models: whisper/ (transformers layout) and llada/ (LLaDA-8B layout).
+
+    The LLaDA tokenizer spells every corpus word with one token.
+    """
+    out_dir = Path(out_dir)
+    whisper = write_tiny_whisper(
+        out_dir / "whisper", seed, width=WHISPER_WIDTH, layers=WHISPER_LAYERS, heads=WHISPER_HEADS
+    )
+    llada = write_tiny_llada(
+        out_dir / "llada", seed=seed, d_model=LLADA_WIDTH, n_layers=LLADA_LAYERS,
+        n_heads=LLADA_HEADS, n_kv_heads=LLADA_HEADS, mlp_hidden_size=LLADA_MLP, words=demo_words(),
+    )  # fmt: skip
+    return {"whisper": whisper, "llada": llada}

@@ -1,0 +1,100 @@
+"""Export a trained model as standalone directories: fine-tuned weights baked into the real formats.
+
+A training checkpoint holds only the trainable tensors; the rest comes from the pretrained
+directories. When training changed the encoder (`train_encoder`) or the LLM (`train_llm`, or LoRA),
+`export_model` writes those back in their own formats, so the result loads like any pretrained
+model and its checkpoint shrinks to the projector and CTC head:
+
+    <out>/whisper/            transformers Whisper layout, the trained encoder
+    <out>/llada/              LLaDA-8B-Instruct layout (LoRA merged), tokenizer files copied
+    <out>/checkpoint.safetensors   projector + CTC head, the export config and metadata
+    <out>/config.yaml         the config that decodes it (paths point into <out>)
+
+    python -m whisper_llada.export TRAIN_CONFIG CHECKPOINT OUT_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from whisper_llada.atomic_write import write_text_atomically
+from whisper_llada.build import build_model, merge_lora
+from whisper_llada.checkpoint import load_checkpoint, save_checkpoint
+from whisper_llada.config import Config, LoraConfig, load_config, to_dict
+from whisper_llada.llada_checkpoint import save_llada
+from whisper_llada.model import WhisperLLaDA
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
+MAX_SHARD_BYTES = 5 * 1024**3  # LLaDA-8B-Instruct's shard size
+
+
+def export_model(
+    model: WhisperLLaDA, cfg: Config, out_dir: str | Path, *, metadata: dict[str, Any]
+) -> Path:
+    """Write `model` (trained under `cfg`) to `out_dir` as described in the module docstring.
+
+    Returns the written config.yaml. Its model section points at the exported directories with
+    the encoder and LLM frozen and no LoRA, so the checkpoint's strict load expects exactly the
+    projector and CTC head.
+    """
+    from transformers import WhisperForConditionalGeneration
+
+    out_dir = Path(out_dir)
+    model = merge_lora(model)
+    whisper = WhisperForConditionalGeneration.from_pretrained(cfg.model.whisper_path)
+    whisper.model.encoder.load_state_dict(model.encoder.state_dict())
+    whisper.save_pretrained(out_dir / "whisper")
+    shutil.copy(Path(cfg.model.whisper_path) / "preprocessor_config.json", out_dir / "whisper")
+    save_llada(model.llada, out_dir / "llada", max_shard_bytes=MAX_SHARD_BYTES)
+    for name in TOKENIZER_FILES:
+        shutil.copy(Path(cfg.model.llada_path) / name, out_dir / "llada" / name)
+    model_cfg = dataclasses.replace(
+        cfg.model,
+        whisper_path=str(out_dir / "whisper"),
+        llada_path=str(out_dir / "llada"),
+        train_encoder=False,
+        train_llm=False,
+        lora=LoraConfig(r=0),
+    )
+    exported = dataclasses.replace(
+        cfg,
+        model=model_cfg,
+        inference=dataclasses.replace(
+            cfg.inference, checkpoint=str(out_dir / "checkpoint.safetensors")
+        ),
+    )
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith(("projector.", "ctc_head.")))
+    save_checkpoint(
+        model, out_dir / "checkpoint.safetensors", config=to_dict(exported), metadata=metadata
+    )
+    config_path = out_dir / "config.yaml"
+    write_text_atomically(config_path, yaml.safe_dump(to_dict(exported), sort_keys=False))
+    return config_path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="the training config (e.g. <train output>/config.yaml)")
+    parser.add_argument("checkpoint", help="a checkpoint train.py wrote under that config")
+    parser.add_argument("out_dir")
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    model, _ = build_model(cfg.model)
+    metadata = load_checkpoint(model, args.checkpoint)
+    print(export_model(model, cfg, args.out_dir, metadata=metadata))
+
+
+if __name__ == "__main__":
+    main()
