@@ -98,6 +98,22 @@ def test_a_rerun_decodes_nothing_again(tiny_models, test_set, uninterrupted, tmp
     assert decoded(copy) == decoded(uninterrupted)
 
 
+def test_a_rerun_with_other_settings_is_refused_and_keeps_the_results(
+    tiny_models, test_set, uninterrupted, tmp_path
+):
+    copy = tmp_path / "copy"
+    shutil.copytree(uninterrupted, copy)
+    before = (copy / MERGED_NAME).read_text()
+    extra = ("decode.steps=16", f"inference.manifest={test_set}", "inference.batch_size=4")
+    with pytest.raises(SystemExit) as error:
+        inference.main(arguments(tiny_models, test_set, copy, *extra))
+    assert str(error.value) == (
+        f"{copy} holds results decoded with other settings (changed: decode.steps); set another "
+        "inference.output_dir, or delete that folder"
+    )
+    assert (copy / MERGED_NAME).read_text() == before
+
+
 def test_resume_after_kill_9_gives_the_uninterrupted_results(
     tiny_models, test_set, uninterrupted, tmp_path
 ):
