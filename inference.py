@@ -22,11 +22,7 @@ from whisper_llada.config import load_config, to_dict
 from whisper_llada.distributed import barrier, device_for, init_distributed, shutdown
 from whisper_llada.manifest import read_manifest, shard
 from whisper_llada.results import finished_ids
-from whisper_llada.transcribe import decode_shard, summarize
-
-
-RESULT_DEFINING_SECTIONS = ("model", "audio", "decode")
-RESULT_DEFINING_INFERENCE_KEYS = ("manifest", "checkpoint", "merge_lora")
+from whisper_llada.transcribe import check_same_run, decode_shard, summarize
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,33 +55,6 @@ def main(argv: list[str] | None = None) -> None:
         print(summarize(cfg, output_dir))
     barrier()  # no rank tears the process group down while the main rank still merges
     shutdown()
-
-
-def check_same_run(saved_config: Path, config: dict) -> None:
-    """Stop when the results already in the output folder came from other settings.
-
-    Resuming is only sound with the same model, audio front end, decoding and test set; the batch
-    size, device and the like may change (batched decoding equals per-utterance decoding).
-    """
-    if not saved_config.is_file():
-        return
-    saved = yaml.safe_load(saved_config.read_text())
-    changed = [
-        f"{section}.{key}"
-        for section in RESULT_DEFINING_SECTIONS
-        for key in sorted(set(saved.get(section, {})) | set(config[section]))
-        if saved.get(section, {}).get(key) != config[section].get(key)
-    ]
-    changed += [
-        f"inference.{key}"
-        for key in RESULT_DEFINING_INFERENCE_KEYS
-        if saved.get("inference", {}).get(key) != config["inference"][key]
-    ]
-    if changed:
-        raise SystemExit(
-            f"{saved_config.parent} holds results decoded with other settings (changed: "
-            f"{', '.join(changed)}); set another inference.output_dir, or delete that folder"
-        )
 
 
 if __name__ == "__main__":

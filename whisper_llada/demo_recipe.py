@@ -54,14 +54,38 @@ WHISPER_WIDTH, WHISPER_LAYERS, WHISPER_HEADS = 128, 3, 4
 LLADA_WIDTH, LLADA_LAYERS, LLADA_HEADS, LLADA_MLP = 256, 4, 4, 512
 
 
-def build_demo_corpus(root: str | Path, *, with_train: bool, workers: int = 2) -> Path:
-    """Synthesise the demo corpus under `root`: the held-out splits, and training when asked."""
-    splits = {split: count for split, (count, *_) in HELD_OUT_SPLITS.items()}
+def build_demo_corpus(
+    root: str | Path,
+    *,
+    with_train: bool,
+    train_utterances: int = TRAIN_UTTERANCES,
+    held_out_utterances: int | None = None,
+    workers: int = 2,
+) -> Path:
+    """Synthesise the demo corpus under `root`: the held-out splits, and training when asked.
+
+    Args:
+        train_utterances: size of the training split (with_train only); a shortened run's
+            corpus is another corpus, so it needs its own root.
+        held_out_utterances: cap on every held-out split (None: the counts of HELD_OUT_SPLITS),
+            for quick runs. The held-out sets of a corpus depend on it, so a model is evaluated
+            on the sets rebuilt with the cap it was trained with.
+    """
+    for name, value in (
+        ("train_utterances", train_utterances),
+        ("held_out_utterances", held_out_utterances),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    splits = {
+        split: min(count, held_out_utterances or count)
+        for split, (count, *_) in HELD_OUT_SPLITS.items()
+    }
     voices = {split: voices for split, (_, voices, *_) in HELD_OUT_SPLITS.items()}
     speeds = {split: speeds for split, (*_, speeds, _) in HELD_OUT_SPLITS.items()}
     snrs_db = {split: snrs for split, (*_, snrs) in HELD_OUT_SPLITS.items()}
     if with_train:
-        splits[TRAIN_SPLIT] = TRAIN_UTTERANCES
+        splits[TRAIN_SPLIT] = train_utterances
         voices[TRAIN_SPLIT] = DEFAULT_VOICES
         speeds[TRAIN_SPLIT], snrs_db[TRAIN_SPLIT] = TRAIN_PERTURBATION
     return build_synthetic_corpus(

@@ -3,25 +3,42 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerFast
 
 from whisper_llada.audio import SAMPLE_RATE, AudioError
 from whisper_llada.build import build_model, merge_lora
 from whisper_llada.checkpoint import load_checkpoint
 from whisper_llada.config import Config
 from whisper_llada.manifest import load_wave, make_batches
-from whisper_llada.metrics import score, write_errs, write_recogs, write_wer
+from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
+from whisper_llada.model import WhisperLLaDA
 from whisper_llada.recognize import recognize
 from whisper_llada.results import Record, ShardWriter, merge_shards, shard_path
+
+# What a folder's results depend on: resuming with other values would mix two experiments.
+RESULT_DEFINING_SECTIONS = ("model", "audio", "decode")
+RESULT_DEFINING_INFERENCE_KEYS = ("manifest", "checkpoint", "merge_lora")
 
 
 def decode_shard(
     cfg: Config, utterances, output_dir: Path, rank: int, device: torch.device
 ) -> None:
     """Decode `utterances` batch by batch, appending records to this rank's shard file."""
+    model, tokenizer = load_decoder(cfg, device)
+    decode_utterances(model, tokenizer, cfg, utterances, output_dir, rank)
+
+
+def load_decoder(cfg: Config, device: torch.device) -> tuple[WhisperLLaDA, PreTrainedTokenizerFast]:
+    """The model `cfg.model` and `cfg.inference` describe, checkpoint loaded, ready to decode.
+
+    It does not depend on `cfg.decode` (but its seed), so one model serves every decoding mode.
+    """
     torch.manual_seed(
         cfg.decode.seed
     )  # parts a checkpoint does not cover start identical on every rank
@@ -31,13 +48,34 @@ def decode_shard(
     if cfg.inference.merge_lora:
         merge_lora(model)
     model.eval()
+    return model, tokenizer
+
+
+def decode_utterances(
+    model: WhisperLLaDA,
+    tokenizer: PreTrainedTokenizerFast,
+    cfg: Config,
+    utterances,
+    output_dir: Path,
+    rank: int,
+    *,
+    desc: str | None = None,
+) -> None:
+    """Decode with `load_decoder`'s model in `cfg.decode`'s mode into this rank's shard file.
+
+    `desc` labels the progress bar (default: the rank).
+    """
     limit = cfg.inference.max_duration
     batches = make_batches(
         utterances, batch_size=None if limit else cfg.inference.batch_size, max_duration=limit
     )
     writer = ShardWriter(shard_path(output_dir, rank))
     progress = tqdm(
-        total=len(utterances), unit="utt", desc=f"rank {rank}", position=rank, disable=None
+        total=len(utterances),
+        unit="utt",
+        desc=desc or f"rank {rank}",
+        position=rank,
+        disable=None,
     )
     try:
         for batch in batches:
@@ -85,25 +123,57 @@ def decode_shard(
         progress.close()
 
 
-def summarize(cfg: Config, output_dir: Path) -> str:
-    """Merge the shards and write the recogs / errs / wer files; return the WER line."""
-    records = merge_shards(output_dir)
+@dataclass(frozen=True)
+class SetStatistics:
+    """What the wer file reports about a decoded set, unrounded.
+
+    Rates are over the decoded utterances (failed ones took no time); None when undefined.
+    """
+
+    summary: WerSummary
+    decoded: int
+    forward_passes_per_utterance: float
+    decode_seconds: float
+    audio_seconds: float
+
+    @property
+    def rtf(self) -> float | None:
+        """Real-time factor: decode seconds per second of audio."""
+        return self.decode_seconds / self.audio_seconds if self.audio_seconds else None
+
+    @property
+    def utterances_per_second(self) -> float | None:
+        return self.decoded / self.decode_seconds if self.decode_seconds else None
+
+
+def set_statistics(
+    records: list[Record],
+) -> tuple[SetStatistics, list[tuple[str, str, str | None]], list[tuple[str, Alignment]]]:
+    """Score a set's records: statistics, the (id, reference, hypothesis) scored, alignments."""
     decoded = [r for r in records if not r.failed]
     # A failed utterance is scored as an empty hypothesis (its words count as deletions).
     scored = [(r.id, r.reference, None if r.failed else r.hypothesis) for r in records]
     summary, alignments = score(scored)
-    decode_seconds = sum(r.decode_seconds for r in decoded)
-    audio_seconds = sum(r.audio_seconds for r in decoded)
+    statistics = SetStatistics(
+        summary=summary,
+        decoded=len(decoded),
+        forward_passes_per_utterance=sum(r.forward_passes for r in decoded) / max(len(decoded), 1),
+        decode_seconds=sum(r.decode_seconds for r in decoded),
+        audio_seconds=sum(r.audio_seconds for r in decoded),
+    )
+    return statistics, scored, alignments
+
+
+def summarize(cfg: Config, output_dir: Path) -> str:
+    """Merge the shards and write the recogs / errs / wer files; return the WER line."""
+    statistics, scored, alignments = set_statistics(merge_shards(output_dir))
+    summary, rtf, rate = statistics.summary, statistics.rtf, statistics.utterances_per_second
     extra = {
         "mode": cfg.decode.mode,
-        "utterances decoded": len(decoded),
-        "forward passes per utterance": round(
-            sum(r.forward_passes for r in decoded) / max(len(decoded), 1), 3
-        ),
-        "RTF": round(decode_seconds / audio_seconds, 4) if audio_seconds else "n/a",
-        "utterances per second": round(len(decoded) / decode_seconds, 3)
-        if decode_seconds
-        else "n/a",
+        "utterances decoded": statistics.decoded,
+        "forward passes per utterance": round(statistics.forward_passes_per_utterance, 3),
+        "RTF": "n/a" if rtf is None else round(rtf, 4),
+        "utterances per second": "n/a" if rate is None else round(rate, 3),
     }
     tag = f"{Path(cfg.inference.manifest).name.split('.')[0]}-{cfg.decode.mode}"
     write_recogs(output_dir / f"recogs-{tag}.txt", scored)
@@ -111,3 +181,30 @@ def summarize(cfg: Config, output_dir: Path) -> str:
     write_wer(output_dir / f"wer-{tag}.txt", summary, extra)
     details = ", ".join(f"{k} {v}" for k, v in extra.items())
     return f"%WER {summary.wer:.2f} ({summary.errors} errors / {summary.ref_words} words; {summary.failed} failed; {details})"
+
+
+def check_same_run(saved_config: Path, config: dict) -> None:
+    """Stop when the results already in the output folder came from other settings.
+
+    Resuming is only sound with the same model, audio front end, decoding and test set; the batch
+    size, device and the like may change (batched decoding equals per-utterance decoding).
+    """
+    if not saved_config.is_file():
+        return
+    saved = yaml.safe_load(saved_config.read_text())
+    changed = [
+        f"{section}.{key}"
+        for section in RESULT_DEFINING_SECTIONS
+        for key in sorted(set(saved.get(section, {})) | set(config[section]))
+        if saved.get(section, {}).get(key) != config[section].get(key)
+    ]
+    changed += [
+        f"inference.{key}"
+        for key in RESULT_DEFINING_INFERENCE_KEYS
+        if saved.get("inference", {}).get(key) != config["inference"][key]
+    ]
+    if changed:
+        raise SystemExit(
+            f"{saved_config.parent} holds results decoded with other settings (changed: "
+            f"{', '.join(changed)}); set another inference.output_dir, or delete that folder"
+        )

@@ -1,0 +1,423 @@
+"""The demo end to end: a shortened retraining run, its export, every mode decoded into one table, reruns that reuse."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from whisper_llada import demo
+from whisper_llada.checkpoint import read_checkpoint
+from whisper_llada.config import load_config, to_dict
+from whisper_llada.demo_recipe import (
+    DEMO_SEED,
+    TEST_SETS,
+    TRAIN_SPLIT,
+    build_demo_corpus,
+)
+from whisper_llada.mode_comparison import (
+    ModeRow,
+    decode_mode,
+    markdown_table,
+    standard_modes,
+)
+from whisper_llada.results import MERGED_NAME, read_records
+from whisper_llada.synthetic_corpus import read_planned_utterances
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_UTTERANCES, HELD_OUT, LIMIT = 16, 3, 2
+# Short canvases keep the 39 decodes quick (4 slots: the semi-AR modes' 4 blocks of one); `retrain` passes them to the recipe, the export keeps them.
+GEN_LEN = 4
+RECIPE_OVERRIDES = [
+    "train.tensorboard=false",
+    f"decode.gen_len={GEN_LEN}",
+    f"decode.steps={GEN_LEN}",
+    f"decode.block_length={GEN_LEN}",
+    f"decode.max_rounds={GEN_LEN}",
+]
+LABELS = [
+    "CTC draft",
+    "diffusion",
+    "semi-AR, 2 blocks",
+    "semi-AR, 4 blocks",
+    "diffusion, threshold 0.9",
+    "diffusion, threshold 0.9 + prune",
+    "deliberation, random mask",
+    "deliberation, low-confidence mask",
+    "semi-AR deliberation",
+    "prior-guided",
+    "prior-guided, no pruning",
+    "prior-guided + prefix cache",
+    "prior-guided, mask below floor",
+]
+TABLE_HEADER = "| mode | WER % (S/D/I) | LLM passes / utt | RTF | speed-up vs diffusion | utt / s |"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---- The mode list, the table, the guards (no model needed)
+
+
+def test_standard_modes_are_every_mode_with_its_overrides():
+    prior = (
+        "decode.mode=prior_guided",
+        "decode.first_pass=ctc",
+        "decode.threshold=0.9",
+        "decode.prune=true",
+        "decode.early_exit=true",
+        "decode.prior_treatment=visible",
+    )
+    assert standard_modes(16) == {
+        "CTC draft": ("decode.mode=ctc",),
+        "diffusion": ("decode.mode=decoding", "decode.steps=16", "decode.block_length=16"),
+        "semi-AR, 2 blocks": ("decode.mode=decoding", "decode.steps=16", "decode.block_length=8"),
+        "semi-AR, 4 blocks": ("decode.mode=decoding", "decode.steps=16", "decode.block_length=4"),
+        "diffusion, threshold 0.9": (
+            "decode.mode=decoding",
+            "decode.steps=16",
+            "decode.block_length=16",
+            "decode.threshold=0.9",
+        ),
+        "diffusion, threshold 0.9 + prune": (
+            "decode.mode=decoding",
+            "decode.steps=16",
+            "decode.block_length=16",
+            "decode.threshold=0.9",
+            "decode.prune=true",
+        ),
+        "deliberation, random mask": (
+            "decode.mode=diffusion_deliberation",
+            "decode.first_pass=ctc",
+            "decode.masking_type=random",
+        ),
+        "deliberation, low-confidence mask": (
+            "decode.mode=diffusion_deliberation",
+            "decode.first_pass=ctc",
+            "decode.masking_type=low_confidence",
+        ),
+        "semi-AR deliberation": ("decode.mode=semi_ar_deliberation", "decode.first_pass=ctc"),
+        "prior-guided": prior,
+        "prior-guided, no pruning": (*prior, "decode.prune=false"),
+        "prior-guided + prefix cache": (*prior, "decode.prefix_cache=true"),
+        "prior-guided, mask below floor": (*prior, "decode.prior_treatment=mask_below"),
+    }
+
+
+@pytest.mark.parametrize("gen_len", [0, 2, 6])
+def test_standard_modes_need_a_gen_len_that_splits_into_four_blocks(gen_len):
+    with pytest.raises(
+        ValueError, match=f"decode.gen_len={gen_len} must be a positive multiple of 4"
+    ):
+        standard_modes(gen_len)
+
+
+def test_mode_folders():
+    assert [demo.mode_folder(label) for label in LABELS] == [
+        "ctc-draft",
+        "diffusion",
+        "semi-ar-2-blocks",
+        "semi-ar-4-blocks",
+        "diffusion-threshold-0-9",
+        "diffusion-threshold-0-9-prune",
+        "deliberation-random-mask",
+        "deliberation-low-confidence-mask",
+        "semi-ar-deliberation",
+        "prior-guided",
+        "prior-guided-no-pruning",
+        "prior-guided-prefix-cache",
+        "prior-guided-mask-below-floor",
+    ]
+
+
+def row(mode: str, decode_seconds: float, **changes) -> ModeRow:
+    fields = dict(
+        mode=mode, wer=12.5, substitutions=1, deletions=2, insertions=0, reference_words=24,
+        utterances=4, failed=0, forward_passes_per_utterance=7.25, decode_seconds=decode_seconds,
+        audio_seconds=10.0, rtf=decode_seconds / 10.0, utterances_per_second=4 / decode_seconds if decode_seconds else None,
+        results_dir="x",
+    )  # fmt: skip
+    return ModeRow(**{**fields, **changes})
+
+
+def test_markdown_table_rows_and_speed_up():
+    reference = row("diffusion", 4.0)
+    rows = [
+        reference,
+        row("fast", 0.5, wer=100 / 3),
+        row("failed", 0.0, rtf=None, utterances_per_second=None, failed=4),
+    ]
+    assert markdown_table(rows, reference) == (
+        f"{TABLE_HEADER}\n"
+        "|---|---|---|---|---|---|\n"
+        "| diffusion | 12.50 (1/2/0) | 7.25 | 0.4000 | 1.00x | 1.00 |\n"
+        "| fast | 33.33 (1/2/0) | 7.25 | 0.0500 | 8.00x | 8.00 |\n"
+        "| failed | 12.50 (1/2/0) | 7.25 | n/a | n/a | n/a |\n"
+    )
+
+
+def test_a_decode_folder_keeps_to_one_model(tmp_path):
+    demo.claim_decode_folder(tmp_path, {"model": "a", "checkpoint_sha256": "1" * 64})
+    demo.claim_decode_folder(tmp_path, {"model": "a", "checkpoint_sha256": "1" * 64})
+    with pytest.raises(
+        SystemExit,
+        match=re.escape("holds results of another model (a, checkpoint sha256 111111111111)"),
+    ):
+        demo.claim_decode_folder(tmp_path, {"model": "b", "checkpoint_sha256": "2" * 64})
+
+
+def test_a_mode_folder_with_other_results_is_refused(tmp_path):
+    (tmp_path / "results-rank0.jsonl").write_text(
+        json.dumps({"id": "other", "reference": "a", "hypothesis": "a", "prior": None,
+                    "forward_passes": 1, "decode_seconds": 0.1, "audio_seconds": 1.0}) + "\n"
+    )  # fmt: skip
+
+    def never():
+        raise AssertionError("nothing may be decoded")
+
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    with pytest.raises(
+        ValueError,
+        match=re.escape("holds results of 1 utterance(s) outside this test set (e.g. other)"),
+    ):
+        decode_mode(never, cfg, "diffusion", [], tmp_path)
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump(to_dict(load_config(REPO / "configs" / "demo.yaml", ["decode.steps=8"])))
+    )
+    with pytest.raises(SystemExit, match=re.escape("other settings (changed: decode.steps)")):
+        decode_mode(never, cfg, "diffusion", [], tmp_path)
+
+
+def test_demo_refuses_what_is_not_an_exported_model(tmp_path):
+    (tmp_path / "config.yaml").write_text("{}")
+    with pytest.raises(
+        SystemExit,
+        match=re.escape(
+            "is not an exported model (checkpoint.safetensors, whisper, llada missing)"
+        ),
+    ):
+        demo.main(["--model", str(tmp_path), "--work-dir", str(tmp_path / "run")])
+    with pytest.raises(SystemExit, match="--limit must be at least 1, got 0"):
+        demo.main(["--model", str(tmp_path), "--limit", "0"])
+
+
+@pytest.mark.parametrize("sizes", [{"train_utterances": 0}, {"held_out_utterances": -1}])
+def test_demo_corpus_sizes_must_be_positive(tmp_path, sizes):
+    name, value = next(iter(sizes.items()))
+    with pytest.raises(ValueError, match=f"{name} must be at least 1, got {value}"):
+        build_demo_corpus(tmp_path / "corpus", with_train=True, **sizes)
+
+
+# ---- Retraining, export and the demo on the result
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: the test machine's cores are shared, and timings need not be fast."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory, one_thread) -> dict[str, Path]:
+    """A shortened `retrain` (2 steps), then a rerun that resumes it to 3 steps."""
+    root = tmp_path_factory.mktemp("demo")
+    out, work = root / "model", root / "work"
+    common = [
+        "retrain", "--out", str(out), "--work-dir", str(work),
+        "--train-utterances", str(TRAIN_UTTERANCES), "--held-out-utterances", str(HELD_OUT),
+        *RECIPE_OVERRIDES,
+    ]  # fmt: skip
+    demo.main([*common, "--max-steps", "2"])
+    demo.main([*common, "--max-steps", "3"])
+    return {"root": root, "out": out, "work": work}
+
+
+@pytest.fixture(scope="module")
+def demo_run(retrained) -> Path:
+    """`python -m whisper_llada.demo --limit 2` on the retrained model (in this process)."""
+    run = retrained["root"] / "run"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        demo.main(
+            [
+                "--model",
+                str(retrained["out"]),
+                "--work-dir",
+                str(run),
+                "--limit",
+                str(LIMIT),
+                "--threads",
+                "1",
+            ]
+        )
+    assert stdout.getvalue().startswith((run / "demo_results.md").read_text())
+    return run
+
+
+def test_retrain_resumes_and_exports_with_its_metadata(retrained):
+    work, out = retrained["work"], retrained["out"]
+    sessions = [
+        json.loads(line) for line in (work / "retrain_sessions.jsonl").read_text().splitlines()
+    ]
+    assert [s["step"] for s in sessions] == [2, 3]  # the rerun went on from step 2
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.safetensors",
+        "config.yaml",
+        "llada",
+        "whisper",
+    ]
+    _, config, metadata = read_checkpoint(out / "checkpoint.safetensors")
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    assert metadata["steps"] == 3
+    assert metadata["recipe"] == "configs/demo.yaml"
+    assert metadata["demo_seed"] == DEMO_SEED
+    assert metadata["git_commit"] == (commit or "unknown")
+    assert metadata["train_utterances"] == TRAIN_UTTERANCES
+    assert metadata["held_out_utterances"] == HELD_OUT
+    assert metadata["train_sessions"] == 2
+    assert metadata["train_wall_seconds"] == pytest.approx(
+        sum(s["seconds"] for s in sessions), abs=0.11
+    )
+    assert metadata["overrides"] == [
+        f"model.whisper_path={work / 'base' / 'whisper'}",
+        f"model.llada_path={work / 'base' / 'llada'}",
+        f"data.train_manifests=[{work / 'manifests' / 'librispeech_cuts_train-clean-100.jsonl.gz'}]",
+        f"data.valid_manifests=[{work / 'manifests' / 'librispeech_cuts_dev-clean.jsonl.gz'}]",
+        f"train.output_dir={work / 'train'}",
+        "train.max_steps=3",
+        *RECIPE_OVERRIDES,
+    ]
+    assert config["model"]["llada_path"] == str(out / "llada")
+    assert config["decode"]["gen_len"] == GEN_LEN
+
+
+def test_demo_rebuilds_exactly_the_held_out_sets_of_training(retrained, demo_run):
+    trained_on = read_planned_utterances(retrained["work"] / "corpus")
+    assert [u.split for u in trained_on].count(TRAIN_SPLIT) == TRAIN_UTTERANCES
+    held_out = [u for u in trained_on if u.split != TRAIN_SPLIT]
+    assert len(held_out) == 4 * HELD_OUT
+    assert read_planned_utterances(demo_run / "corpus") == held_out
+
+
+def test_demo_table_has_every_mode_and_set(retrained, demo_run):
+    markdown = (demo_run / "demo_results.md").read_text()
+    for name, description in TEST_SETS.items():
+        section = markdown.split(f"## {name}: {description} ({LIMIT} utterances)\n\n")[1]
+        lines = section.split("\n\n")[0].splitlines()
+        assert lines[:2] == [TABLE_HEADER, "|---|---|---|---|---|---|"]
+        assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {label}" for label in LABELS]
+        assert lines[3].split(" | ")[4] == "1.00x"  # diffusion, the reference
+    document = json.loads((demo_run / "demo_results.json").read_text())
+    assert list(document) == [
+        "model",
+        "checkpoint_sha256",
+        "limit",
+        "device",
+        "reference_mode",
+        "modes",
+        "test_sets",
+    ]
+    assert document["limit"] == LIMIT
+    assert document["model"] == str(retrained["out"])
+    assert document["device"] == "cpu, 1 CPU thread(s)"
+    assert document["reference_mode"] == "diffusion"
+    assert document["modes"] == {k: list(v) for k, v in standard_modes(GEN_LEN).items()}
+    assert list(document["test_sets"]) == list(TEST_SETS)
+    for result in document["test_sets"].values():
+        assert result["utterances"] == LIMIT
+        assert [r["mode"] for r in result["rows"]] == LABELS
+        assert list(result["rows"][0]) == [
+            "mode", "wer", "substitutions", "deletions", "insertions", "reference_words",
+            "utterances", "failed", "forward_passes_per_utterance", "decode_seconds",
+            "audio_seconds", "rtf", "utterances_per_second", "results_dir", "speed_up",
+        ]  # fmt: skip
+    png = (demo_run / "demo_results.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 20_000
+
+
+def wer_file(folder: Path) -> dict[str, str]:
+    (path,) = folder.glob("wer-*.txt")
+    lines = path.read_text().splitlines()
+    values = {"%WER": lines[0].removeprefix("%WER = "), "errors": lines[1]}
+    values.update(line.split(": ", 1) for line in lines[2:])
+    return values
+
+
+def test_table_numbers_are_those_of_the_results_files(demo_run):
+    document = json.loads((demo_run / "demo_results.json").read_text())
+    markdown = (demo_run / "demo_results.md").read_text()
+    for name, result in document["test_sets"].items():
+        for entry in result["rows"]:
+            folder = Path(entry["results_dir"])
+            assert folder == demo_run / f"decode-first{LIMIT}" / name / demo.mode_folder(
+                entry["mode"]
+            )
+            records = read_records(folder / MERGED_NAME)
+            assert len(records) == LIMIT
+            file = wer_file(folder)
+            assert file["%WER"] == f"{entry['wer']:.2f}"
+            counts = re.match(
+                r"Errors: (\d+) insertions, (\d+) deletions, (\d+) substitutions, over (\d+) reference words",
+                file["errors"],
+            )
+            assert [int(n) for n in counts.groups()] == [
+                entry["insertions"], entry["deletions"], entry["substitutions"], entry["reference_words"]
+            ]  # fmt: skip
+            assert float(file["forward passes per utterance"]) == round(
+                entry["forward_passes_per_utterance"], 3
+            )
+            assert float(file["RTF"]) == round(entry["rtf"], 4)
+            assert entry["decode_seconds"] == sum(r.decode_seconds for r in records)
+            reference = next(r for r in result["rows"] if r["mode"] == "diffusion")
+            assert entry["speed_up"] == reference["decode_seconds"] / entry["decode_seconds"]
+            cells = f"| {entry['mode']} | {entry['wer']:.2f} ({entry['substitutions']}/{entry['deletions']}/{entry['insertions']}) | {entry['forward_passes_per_utterance']:.2f} | {entry['rtf']:.4f} | {entry['speed_up']:.2f}x |"
+            assert cells in markdown
+
+
+def test_rerunning_the_demo_reuses_every_result(retrained, demo_run, monkeypatch, capsys):
+    shards = sorted(demo_run.glob(f"decode-first{LIMIT}/*/*/results-rank0.jsonl"))
+    assert len(shards) == len(TEST_SETS) * len(LABELS)
+    before = {path: (os.stat(path).st_mtime_ns, path.read_bytes()) for path in shards}
+    document = json.loads((demo_run / "demo_results.json").read_text())
+
+    def no_model(*args):
+        raise AssertionError("a rerun must not build the model")
+
+    monkeypatch.setattr(demo, "load_decoder", no_model)
+    demo.main(
+        [
+            "--model",
+            str(retrained["out"]),
+            "--work-dir",
+            str(demo_run),
+            "--limit",
+            str(LIMIT),
+            "--threads",
+            "1",
+        ]
+    )
+    assert {path: (os.stat(path).st_mtime_ns, path.read_bytes()) for path in shards} == before
+    assert json.loads((demo_run / "demo_results.json").read_text()) == document
+    assert capsys.readouterr().out.startswith("# Demo results\n")
+
+
+@pytest.mark.slow
+def test_demo_without_limit_decodes_every_held_out_utterance(retrained, demo_run):
+    demo.main(["--model", str(retrained["out"]), "--work-dir", str(demo_run), "--threads", "1"])
+    document = json.loads((demo_run / "demo_results.json").read_text())
+    assert document["limit"] is None
+    for name, result in document["test_sets"].items():
+        assert result["utterances"] == HELD_OUT
+        for entry in result["rows"]:
+            assert Path(entry["results_dir"]).parent == demo_run / "decode" / name

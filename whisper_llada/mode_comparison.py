@@ -1,0 +1,196 @@
+"""Comparing decoding modes on a test set: one model, each mode decoded resumably into its own folder, one table row per mode.
+
+Each mode is a list of `decode.*` overrides on the model's config. A mode's folder is what
+inference.py writes (result shards, results.jsonl, recogs / errs / wer files, config.yaml),
+through the same functions, so a row holds exactly the numbers of the mode's wer file, and a
+rerun decodes only the utterances its folder does not hold yet. Timings are wall-clock seconds
+of this machine; the speed-up of a row is the reference mode's decode seconds over its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from whisper_llada.atomic_write import write_text_atomically
+from whisper_llada.config import Config, to_dict
+from whisper_llada.manifest import Utterance
+from whisper_llada.results import MERGED_NAME, finished_ids, read_records
+from whisper_llada.transcribe import (
+    check_same_run,
+    decode_utterances,
+    set_statistics,
+    summarize,
+)
+
+REFERENCE_MODE = "diffusion"  # the Whisper-LLaDA authors' decoding: the speed-ups are against it
+THRESHOLD = 0.9  # dLLM-ASR's tau for confidence-threshold commits
+SEMI_AR_BLOCKS = (2, 4)
+# Every mode starts from these, so decoding options of the model's own config never leak into a
+# row that does not name them (the prefix cache, for one, applies to every mode).
+NEUTRAL_DECODE = ("decode.threshold=null", "decode.prune=false", "decode.prefix_cache=false")
+
+Decoder = Callable[[], tuple]  # () -> `transcribe.load_decoder`'s (model, tokenizer), built once
+
+
+def standard_modes(gen_len: int) -> dict[str, tuple[str, ...]]:
+    """Mode label -> `decode.*` overrides: every decoding mode and dLLM-ASR's ablations.
+
+    The diffusion modes fill `gen_len` slots in `gen_len` steps; the deliberation modes re-mask
+    the CTC draft (mask ratio, chunks and steps as the config says); prior-guided decoding
+    seeds its canvas with the CTC draft (threshold 0.9, pruning, early exit).
+
+    Raises:
+        ValueError: gen_len does not split into the semi-AR blocks.
+    """
+    if gen_len < max(SEMI_AR_BLOCKS) or gen_len % max(SEMI_AR_BLOCKS):
+        raise ValueError(
+            f"decode.gen_len={gen_len} must be a positive multiple of {max(SEMI_AR_BLOCKS)} "
+            f"(the semi-AR modes split it into {' and '.join(map(str, SEMI_AR_BLOCKS))} blocks)"
+        )
+    decoding = ("decode.mode=decoding", f"decode.steps={gen_len}")
+    diffusion = (*decoding, f"decode.block_length={gen_len}")
+    deliberation = ("decode.mode=diffusion_deliberation", "decode.first_pass=ctc")
+    prior = (
+        "decode.mode=prior_guided",
+        "decode.first_pass=ctc",
+        f"decode.threshold={THRESHOLD}",
+        "decode.prune=true",
+        "decode.early_exit=true",
+        "decode.prior_treatment=visible",
+    )
+    return {
+        "CTC draft": ("decode.mode=ctc",),
+        REFERENCE_MODE: diffusion,
+        **{
+            f"semi-AR, {blocks} blocks": (*decoding, f"decode.block_length={gen_len // blocks}")
+            for blocks in SEMI_AR_BLOCKS
+        },
+        f"diffusion, threshold {THRESHOLD}": (*diffusion, f"decode.threshold={THRESHOLD}"),
+        f"diffusion, threshold {THRESHOLD} + prune": (
+            *diffusion,
+            f"decode.threshold={THRESHOLD}",
+            "decode.prune=true",
+        ),
+        "deliberation, random mask": (*deliberation, "decode.masking_type=random"),
+        "deliberation, low-confidence mask": (*deliberation, "decode.masking_type=low_confidence"),
+        "semi-AR deliberation": ("decode.mode=semi_ar_deliberation", "decode.first_pass=ctc"),
+        "prior-guided": prior,
+        "prior-guided, no pruning": (*prior, "decode.prune=false"),
+        "prior-guided + prefix cache": (*prior, "decode.prefix_cache=true"),
+        "prior-guided, mask below floor": (*prior, "decode.prior_treatment=mask_below"),
+    }
+
+
+@dataclass(frozen=True)
+class ModeRow:
+    """One mode's numbers on one test set, as its results.jsonl gives them (unrounded).
+
+    `rtf` and `utterances_per_second` are None when nothing was decoded (no time spent).
+    """
+
+    mode: str
+    wer: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    reference_words: int
+    utterances: int
+    failed: int
+    forward_passes_per_utterance: float
+    decode_seconds: float
+    audio_seconds: float
+    rtf: float | None
+    utterances_per_second: float | None
+    results_dir: str
+
+    def speed_up(self, reference: ModeRow) -> float | None:
+        """How many times faster than `reference`: its decode seconds over these."""
+        return reference.decode_seconds / self.decode_seconds if self.decode_seconds else None
+
+    def as_dict(self, reference: ModeRow) -> dict[str, object]:
+        return {**asdict(self), "speed_up": self.speed_up(reference)}
+
+
+def read_row(mode: str, output_dir: Path) -> ModeRow:
+    """The row of a finished mode folder, from its results.jsonl."""
+    statistics, _, _ = set_statistics(read_records(output_dir / MERGED_NAME))
+    summary = statistics.summary
+    return ModeRow(
+        mode=mode,
+        wer=summary.wer,
+        substitutions=summary.substitutions,
+        deletions=summary.deletions,
+        insertions=summary.insertions,
+        reference_words=summary.ref_words,
+        utterances=summary.utterances,
+        failed=summary.failed,
+        forward_passes_per_utterance=statistics.forward_passes_per_utterance,
+        decode_seconds=statistics.decode_seconds,
+        audio_seconds=statistics.audio_seconds,
+        rtf=statistics.rtf,
+        utterances_per_second=statistics.utterances_per_second,
+        results_dir=str(output_dir),
+    )
+
+
+def decode_mode(
+    decoder: Decoder,
+    cfg: Config,
+    mode: str,
+    utterances: Sequence[Utterance],
+    output_dir: Path,
+    *,
+    desc: str | None = None,
+) -> ModeRow:
+    """Decode what `output_dir` lacks of `utterances` in `cfg.decode`'s mode; score; its row.
+
+    `decoder` is called only when something is left to decode, so a rerun over finished
+    folders never builds the model. `mode` names the row; `desc` labels the progress bar
+    (default: the mode).
+
+    Raises:
+        SystemExit: `output_dir` holds results decoded with other settings (as inference.py).
+        ValueError: `output_dir` holds results of utterances that are not in `utterances`
+            (another test set, or another --limit, decoded there).
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    done = finished_ids(output_dir)
+    if done:
+        check_same_run(output_dir / "config.yaml", to_dict(cfg))
+    stray = done - {u.id for u in utterances}
+    if stray:
+        raise ValueError(
+            f"{output_dir} holds results of {len(stray)} utterance(s) outside this test set "
+            f"(e.g. {min(stray)}); delete the folder or decode into another one"
+        )
+    todo = [u for u in utterances if u.id not in done]
+    write_text_atomically(output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if todo:
+        model, tokenizer = decoder()
+        decode_utterances(model, tokenizer, cfg, todo, output_dir, 0, desc=desc or mode)
+    summarize(cfg, output_dir)
+    return read_row(mode, output_dir)
+
+
+def markdown_table(rows: Sequence[ModeRow], reference: ModeRow) -> str:
+    """The rows as a Markdown table, speed-ups against `reference`."""
+    lines = [
+        f"| mode | WER % (S/D/I) | LLM passes / utt | RTF | speed-up vs {reference.mode} | utt / s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.mode} | {row.wer:.2f} ({row.substitutions}/{row.deletions}/{row.insertions}) "
+            f"| {row.forward_passes_per_utterance:.2f} | {_number(row.rtf, '.4f')} "
+            f"| {_number(row.speed_up(reference), '.2f', 'x')} "
+            f"| {_number(row.utterances_per_second, '.2f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None, spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
