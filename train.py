@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from whisper_llada.atomic_write import write_atomically, write_text_atomically
 from whisper_llada.build import build_model
+from whisper_llada.causal_model import WhisperLLaMA
 from whisper_llada.checkpoint import load_trainable_state, read_checkpoint, save_checkpoint
 from whisper_llada.config import Config, LossConfig, ModelConfig, load_config, to_dict
 from whisper_llada.ctc import ctc_greedy_decode
@@ -60,7 +61,7 @@ from whisper_llada.data import (
 )
 from whisper_llada.distributed import DistInfo, barrier, device_for, init_distributed, shutdown
 from whisper_llada.metrics import score
-from whisper_llada.model import WhisperLLaDA
+from whisper_llada.model import SpeechLLM
 from whisper_llada.objective import LossOutput, SpeechBatch, training_loss
 from whisper_llada.optim import build_optimizer, lr_at, set_lr
 from whisper_llada.prompt import decode_text
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
     from lhotse import CutSet
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+ANSWER_LOSSES = ("diffusion", "next_token")  # Whisper-LLaDA's / the causal baseline's (LossOutput)
 BAD_BATCHES_DIR = "bad_batches"
 SECONDS_PER_HOUR = 3600.0
 WANDB_PROJECT = "whisper-llada"
@@ -91,7 +93,7 @@ class NonFiniteLossError(RuntimeError):
 class LossModule(nn.Module):
     """The training objective as a module: DDP synchronises the gradients of what its forward ran."""
 
-    def __init__(self, model: WhisperLLaDA, model_cfg: ModelConfig, loss_cfg: LossConfig):
+    def __init__(self, model: SpeechLLM, model_cfg: ModelConfig, loss_cfg: LossConfig):
         super().__init__()
         self.model = model
         self.model_cfg = model_cfg
@@ -146,7 +148,7 @@ class Run:
     info: DistInfo
     device: torch.device
     output_dir: Path
-    model: WhisperLLaDA
+    model: SpeechLLM  # WhisperLLaDA, or WhisperLLaMA for model.llm=llama
     tokenizer: Any
     loss_module: nn.Module  # LossModule, wrapped in DDP when there are several processes
     optimizer: torch.optim.AdamW
@@ -185,7 +187,7 @@ def check_config(cfg: Config) -> None:
 
 def build_trainable_model(
     cfg: Config, device: torch.device, resume: Path | None, *, announce: bool
-) -> tuple[WhisperLLaDA, Any]:
+) -> tuple[SpeechLLM, Any]:
     """The model with this stage's freeze policy and its starting weights.
 
     Weights come from the run's last checkpoint when resuming, else from train.init_checkpoint
@@ -311,8 +313,9 @@ def train_step(run: Run, batches: Iterator[TrainingBatch]) -> tuple[Counter, flo
         losses.append(output.total.item())
         if math.isfinite(losses[-1]):
             sums["loss"] += losses[-1]
-            sums["diffusion"] += output.diffusion.item()
-            sums["ctc"] += 0.0 if output.ctc is None else output.ctc.item()
+            for part in (*ANSWER_LOSSES, "ctc"):
+                value = getattr(output, part)
+                sums[part] += 0.0 if value is None else value.item()
             sums["micro_batches"] += 1
         sums["utterances"] += len(batch.ids)
         sums["audio_seconds"] += batch.audio_seconds
@@ -447,16 +450,17 @@ def save(run: Run, valid_loss: float | None) -> None:
 
 def window_metrics(run: Run, sums: Counter, seconds: float, grad_norm: float) -> dict[str, float]:
     """Averages and rates of a log window over every rank (one all-reduce)."""
-    keys = ("loss", "diffusion", "ctc", "micro_batches", "utterances", "audio_seconds")
+    keys = ("loss", *ANSWER_LOSSES, "ctc", "micro_batches", "utterances", "audio_seconds")
     local = [sums[k] for k in keys] + [run.bad_utterances]
     totals = torch.tensor(local, dtype=torch.float64).to(run.device)
     if dist.is_initialized():
         dist.all_reduce(totals)
     total = dict(zip((*keys, "bad_utterances"), totals.tolist(), strict=True))
     micro = max(total["micro_batches"], 1.0)
+    answer_loss = "next_token" if isinstance(run.model, WhisperLLaMA) else "diffusion"
     return {
         "loss": total["loss"] / micro,
-        "diffusion": total["diffusion"] / micro,
+        answer_loss: total[answer_loss] / micro,
         "ctc": total["ctc"] / micro if run.model.ctc_head is not None else None,
         "lr": run.optimizer.param_groups[0]["lr"],
         "grad_norm": grad_norm,

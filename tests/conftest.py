@@ -11,7 +11,7 @@ import pytest
 from whisper_llada.audio import load_audio
 from whisper_llada.config import Config, load_config
 from whisper_llada.speech_synthesis import synthesize
-from whisper_llada.tiny_models import write_tiny_llada, write_tiny_whisper
+from whisper_llada.tiny_models import write_tiny_llada, write_tiny_llama, write_tiny_whisper
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,6 +49,28 @@ def tiny_config(tiny_models) -> Callable[..., Config]:
             f"model.llada_path={tiny_models.llada}",
         ]
         return load_config(REPO / "configs" / "tiny.yaml", [*paths, *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A tiny random LLaMA directory in Meta-Llama-3-8B-Instruct's format."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny_llama") / "llama")
+
+
+# configs/tiny.yaml as the causal baseline (model.llm=llama): same encoder and projector, no CTC head.
+TINY_AR = ("model.llm=llama", "model.llada_path=''", "model.ctc.enabled=false")
+
+
+@pytest.fixture(scope="session")
+def tiny_ar_config(tiny_models, tiny_llama) -> Callable[..., Config]:
+    """configs/tiny.yaml as Whisper-LLaMA on the session's tiny directories, decode.mode=autoregressive."""
+
+    def make(*overrides: str) -> Config:
+        paths = [f"model.whisper_path={tiny_models.whisper}", f"model.llama_path={tiny_llama}"]
+        ar = [*TINY_AR, "decode.mode=autoregressive"]
+        return load_config(REPO / "configs" / "tiny.yaml", [*paths, *ar, *overrides])
 
     return make
 

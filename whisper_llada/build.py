@@ -7,11 +7,19 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
+from whisper_llada.causal_model import WhisperLLaMA
 from whisper_llada.config import ModelConfig
 from whisper_llada.ctc import CTCHead
 from whisper_llada.encoder import load_whisper_encoder
 from whisper_llada.llada_checkpoint import load_llada
-from whisper_llada.model import WhisperLLaDA
+from whisper_llada.llama import (
+    causal_tokens,
+    check_llama_dir,
+    llama_lora_target_regex,
+    load_llama,
+    load_llama_tokenizer,
+)
+from whisper_llada.model import SpeechLLM, WhisperLLaDA
 from whisper_llada.projector import WHISPER_FRAME_RATE, ConvAdapter, FrameStackMLP
 from whisper_llada.prompt import load_tokenizer, prompt_ids, special_tokens
 from whisper_llada.qformer import WindowQFormer
@@ -51,31 +59,38 @@ def build_projector(cfg: ModelConfig, encoder_width: int, llm_width: int) -> nn.
     return FrameStackMLP(encoder_width, llm_width, stack=s.stack, hidden=s.hidden)
 
 
-def apply_lora(llada: nn.Module, cfg: ModelConfig) -> nn.Module:
-    """Wrap LLaDA with peft LoRA (adapter factors in float32, base frozen)."""
+def apply_lora(llm: nn.Module, cfg: ModelConfig, target_regex: str | None = None) -> nn.Module:
+    """Wrap the LLM with peft LoRA (adapter factors in float32, base frozen).
+
+    `target_regex`: the modules to adapt; default: LLaDA's blocks (`lora_target_regex`).
+    """
     lora = peft.LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules=lora_target_regex(cfg.lora.targets),
+        target_modules=target_regex or lora_target_regex(cfg.lora.targets),
         bias="none",
     )
-    return peft.get_peft_model(llada, lora, autocast_adapter_dtype=True)
+    return peft.get_peft_model(llm, lora, autocast_adapter_dtype=True)
 
 
 def build_model(
     cfg: ModelConfig, *, device: str | torch.device = "cpu"
-) -> tuple[WhisperLLaDA, PreTrainedTokenizerFast]:
-    """Load Whisper and LLaDA from their directories and assemble the recogniser.
+) -> tuple[SpeechLLM, PreTrainedTokenizerFast]:
+    """Load Whisper and the LLM of `cfg.llm` from their directories and assemble the recogniser.
 
-    Returns the model (eval mode; call `.train()` to train) and the LLaDA tokenizer.
+    Returns the model (eval mode; call `.train()` to train): `WhisperLLaDA` for model.llm=llada,
+    `WhisperLLaMA` for model.llm=llama; and the LLM's tokenizer.
     """
     dtype = getattr(torch, cfg.dtype)
     encoder_dtype = torch.float32 if cfg.train_encoder else dtype
+    llm_dtype = torch.float32 if cfg.train_llm else dtype
+    if cfg.llm == "llama":
+        check_llama_dir(cfg.llama_path)  # a wrong path stops before the slow encoder load
     encoder = load_whisper_encoder(cfg.whisper_path, dtype=encoder_dtype, device=device)
-    llada = load_llada(
-        cfg.llada_path, dtype=torch.float32 if cfg.train_llm else dtype, device=device
-    )
+    if cfg.llm == "llama":
+        return _build_whisper_llama(cfg, encoder, llm_dtype, device)
+    llada = load_llada(cfg.llada_path, dtype=llm_dtype, device=device)
     tokenizer = load_tokenizer(cfg.llada_path)
     special = special_tokens(tokenizer, llada.config)
     if cfg.gradient_checkpointing:
@@ -99,8 +114,37 @@ def build_model(
     return model.to(device), tokenizer
 
 
-def merge_lora(model: WhisperLLaDA) -> WhisperLLaDA:
+def _build_whisper_llama(
+    cfg: ModelConfig, encoder: nn.Module, llm_dtype: torch.dtype, device: str | torch.device
+) -> tuple[WhisperLLaMA, PreTrainedTokenizerFast]:
+    """The causal baseline: `LlamaForCausalLM` from model.llama_path, its tokenizer, LoRA."""
+    llama = load_llama(cfg.llama_path, dtype=llm_dtype, device=device)
+    tokenizer = load_llama_tokenizer(cfg.llama_path)
+    special = causal_tokens(tokenizer)
+    if cfg.gradient_checkpointing:
+        llama.gradient_checkpointing_enable()
+    width = llama.config.hidden_size
+    projector = build_projector(cfg, encoder.config.d_model, width).to(device)
+    ctc_head = None
+    if cfg.ctc.enabled:
+        ctc_head = CTCHead(width, bottleneck=cfg.ctc.bottleneck).to(device)
+    if cfg.lora.r > 0:
+        llama = apply_lora(llama, cfg, llama_lora_target_regex(cfg.lora.targets))
+    model = WhisperLLaMA(
+        encoder,
+        projector,
+        llama,
+        prompt_ids(tokenizer, cfg.prompt),
+        special,
+        ctc_head=ctc_head,
+        train_encoder=cfg.train_encoder,
+        train_llm=cfg.train_llm,
+    )
+    return model.to(device), tokenizer
+
+
+def merge_lora(model: SpeechLLM) -> SpeechLLM:
     """Fold the LoRA factors into the LLM weights for faster inference (no-op without LoRA)."""
-    if isinstance(model.llada, peft.PeftModel):
-        model.llada = model.llada.merge_and_unload()
+    if isinstance(model.llm, peft.PeftModel):
+        setattr(model, model.llm_attribute, model.llm.merge_and_unload())
     return model

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from whisper_llada.atomic_write import write_atomically
-from whisper_llada.model import WhisperLLaDA
+from whisper_llada.model import SpeechLLM
 
 # Released `whisper-large-v3-llada-checkpoint_best_epoch_143.pth` key -> our key. The 22 keys the
 # ASR forward never uses (the Q-Former's word/position embeddings, text-token FFN and MLM head)
@@ -52,7 +52,7 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(
-    model: WhisperLLaDA,
+    model: SpeechLLM,
     path: str | Path,
     *,
     config: dict[str, Any],
@@ -95,7 +95,7 @@ def read_checkpoint(
 
 
 def load_checkpoint(
-    model: WhisperLLaDA, path: str | Path, *, allow_missing_lora: bool = False
+    model: SpeechLLM, path: str | Path, *, allow_missing_lora: bool = False
 ) -> dict[str, Any]:
     """Load trainable weights strictly into `model`; return the stored metadata.
 
@@ -112,7 +112,7 @@ def load_checkpoint(
 
 
 def load_trainable_state(
-    model: WhisperLLaDA,
+    model: SpeechLLM,
     tensors: dict[str, torch.Tensor],
     *,
     source: str,

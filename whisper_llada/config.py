@@ -76,11 +76,25 @@ class CTCConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The recogniser. `llm` picks the decoder LLM and with it the model kind:
+
+    - "llada" (default): Whisper-LLaDA, LLaDA loaded from `llada_path` (masked-diffusion loss,
+      the diffusion / deliberation / prior-guided decoding modes);
+    - "llama": the autoregressive baseline Whisper-LLaMA, a LLaMA-family causal LM loaded with
+      transformers from the HF directory `llama_path` (Llama-3-8B(-Instruct)); next-token loss
+      on the answer and its end token `<|eot_id|>`, decode.mode=autoregressive. The `loss`
+      section and `answer_suffix` are LLaDA's and do not apply; everything else (encoder,
+      projector, LoRA, CTC head, prompt, freeze policy) means the same for both.
+    Each kind reads only its own path; the other may stay empty.
+    """
+
     whisper_path: str = ""
+    llm: Literal["llada", "llama"] = "llada"
     llada_path: str = ""
+    llama_path: str = ""
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # frozen encoder and LLM
     train_encoder: bool = False
-    train_llm: bool = False  # full fine-tuning of every LLaDA weight (the demo's LLM starts random)
+    train_llm: bool = False  # full fine-tuning of every LLM weight (the demo's LLM starts random)
     projector: Literal["qformer", "conv_adapter", "frame_stack"] = "qformer"
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     conv_adapter: ConvAdapterConfig = field(default_factory=ConvAdapterConfig)
@@ -105,7 +119,12 @@ class DecodeConfig:
     """Decoding; the first six keys keep their meaning from the authors' decode_config.yaml."""
 
     mode: Literal[
-        "decoding", "diffusion_deliberation", "semi_ar_deliberation", "prior_guided", "ctc"
+        "decoding",
+        "diffusion_deliberation",
+        "semi_ar_deliberation",
+        "prior_guided",
+        "ctc",
+        "autoregressive",  # the causal model (model.llm=llama): greedy / beam search, KV cache
     ] = "decoding"
     steps: int = 128
     gen_len: int = 128
@@ -118,12 +137,16 @@ class DecodeConfig:
     threshold: float | None = None  # confidence-threshold commits (tau); None: fixed schedule
     prune: bool = False  # length-adaptive pruning after the first committed EOS
     early_exit: bool = True  # prior_guided: threshold commits; false = one commit per round
-    first_pass: Literal["manifest", "ctc"] = "manifest"  # deliberation / prior source
+    # Where deliberation / prior_guided get their first pass: the manifest's field, the CTC head,
+    # or "model": another model decoding first in the same run (inference.first_pass_config).
+    first_pass: Literal["manifest", "ctc", "model"] = "manifest"
     prior_treatment: Literal["visible", "mask_below"] = "visible"
     prior_confidence_floor: float = 0.5  # mask_below: CTC prior tokens under this start masked
     margin: int = 4  # prior_guided: MASK slots after the prior
     max_rounds: int = 32
     prefix_cache: bool = False  # cache prompt + audio keys/values (approximate, see llada.py)
+    num_beams: int = 1  # autoregressive: 1 = greedy search
+    max_new_tokens: int = 128  # autoregressive: answer tokens at most, the end token included
     seed: int = 0
 
 
@@ -136,6 +159,11 @@ class InferenceConfig:
     max_duration: float | None = None  # seconds of audio per batch; when set, batch_size is ignored
     device: str = "cpu"
     merge_lora: bool = True
+    # decode.first_pass=model (the cascade): the config of the first-pass model (e.g. the
+    # Whisper-LLaMA one of configs/decode/autoregressive.yaml; its model, checkpoint, audio and
+    # decode sections are used) and `section.key=value` overrides for it.
+    first_pass_config: str = ""
+    first_pass_overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from whisper_llada.corpora import LIBRISPEECH_TEXT_POLICY, prepare_librispeech
 from whisper_llada.sentences import SentenceGenerator
 from whisper_llada.speech_synthesis import DEFAULT_VOICES
 from whisper_llada.synthetic_corpus import build_synthetic_corpus
-from whisper_llada.tiny_models import write_tiny_llada, write_tiny_whisper
+from whisper_llada.tiny_models import write_tiny_llada, write_tiny_llama, write_tiny_whisper
 
 DEMO_SEED = 2026
 VOCABULARY_SIZE = 300
@@ -120,3 +120,16 @@ def write_demo_base_models(out_dir: str | Path, seed: int = DEMO_SEED) -> dict[s
         n_heads=LLADA_HEADS, n_kv_heads=LLADA_HEADS, mlp_hidden_size=LLADA_MLP, words=demo_words(),
     )  # fmt: skip
     return {"whisper": whisper, "llada": llada}
+
+
+def write_demo_base_llama(out_dir: str | Path, seed: int = DEMO_SEED) -> Path:
+    """The autoregressive baseline's random starting LLM: llama/ (Meta-Llama-3-8B-Instruct layout).
+
+    The same widths, depth and corpus tokenizer as the demo LLaDA of `write_demo_base_models`
+    (which writes the shared whisper/), so the two recognisers differ only in the LLM's kind.
+    """
+    return write_tiny_llama(
+        Path(out_dir) / "llama", seed=seed, hidden_size=LLADA_WIDTH, n_layers=LLADA_LAYERS,
+        n_heads=LLADA_HEADS, n_kv_heads=LLADA_HEADS, intermediate_size=LLADA_MLP,
+        words=demo_words(),
+    )  # fmt: skip

@@ -1,5 +1,8 @@
 """Composite Whisper-LLaDA model: encoder -> projector -> [prompt; audio; answer] -> LLaDA, plus the CTC prior.
 
+`SpeechLLM` holds what Whisper-LLaDA shares with the autoregressive baseline Whisper-LLaMA
+(`causal_model.WhisperLLaMA`): parts, freeze policy, audio encoding and the sequence layout.
+
 The model takes already-built modules (see `build.build_model` for the one place that loads
 pretrained weights), so tests can assemble it from tiny parts. It owns the freeze policy: the
 encoder is frozen and kept in eval mode unless `train_encoder`; the LLM's base weights are frozen
@@ -15,6 +18,7 @@ positions it would have alone (batched equals per-utterance).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -22,6 +26,9 @@ from torch import nn
 from whisper_llada.encoder import encode, encoder_output_lengths
 from whisper_llada.llada import PrefixCache
 from whisper_llada.prompt import SpecialTokens
+
+if TYPE_CHECKING:
+    from whisper_llada.llama import CausalTokens
 
 
 @dataclass
@@ -43,29 +50,35 @@ class PackedInputs:
     answer_positions: torch.Tensor  # (B, L) where each answer slot sits in the sequence
 
 
-class WhisperLLaDA(nn.Module):
-    """Speech recogniser: frozen Whisper encoder, trainable projector, LLaDA (+ LoRA), CTC head.
+class SpeechLLM(nn.Module):
+    """What both recognisers share: frozen Whisper encoder, trainable projector, an LLM (+ LoRA), CTC head.
+
+    The LLM sits under the attribute `llm_attribute` names (`llada` / `llama`), so checkpoint
+    keys say which LLM they belong to; `llm` reaches it either way. The prompt layout
+    [prompt; audio; answer] and the freeze policy are the same for both.
 
     Args:
         encoder: transformers `WhisperEncoder` (see `encoder.load_whisper_encoder`).
         projector: one of the modules of `projector.py` (frames -> LLM-width vectors).
-        llada: `LLaDAModelLM`, or the peft `PeftModel` wrapping it (attribute name `llada`
-            keeps the released checkpoint's key names `llada.base_model.model.*`).
+        llm: the LLM, or the peft `PeftModel` wrapping it.
         prompt_ids: token ids of the chat-templated instruction, assistant header included.
-        special: special token ids of the tokenizer.
+        special: special token ids of the tokenizer (`prompt.SpecialTokens` for LLaDA,
+            `llama.CausalTokens` for LLaMA).
         ctc_head: optional `ctc.CTCHead` (the dLLM-ASR prior).
         train_encoder: fine-tune the encoder too (default: frozen, eval mode, no autograd graph).
         train_llm: fine-tune every LLM weight (full fine-tuning, e.g. of a model that starts
             random); default: only the LoRA factors, if any, are trainable.
     """
 
+    llm_attribute: ClassVar[str]
+
     def __init__(
         self,
         encoder: nn.Module,
         projector: nn.Module,
-        llada: nn.Module,
+        llm: nn.Module,
         prompt_ids: list[int],
-        special: SpecialTokens,
+        special: SpecialTokens | CausalTokens,
         *,
         ctc_head: nn.Module | None = None,
         train_encoder: bool = False,
@@ -74,7 +87,7 @@ class WhisperLLaDA(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.projector = projector
-        self.llada = llada
+        setattr(self, self.llm_attribute, llm)
         self.ctc_head = ctc_head
         self.special = special
         self.train_encoder = train_encoder
@@ -83,12 +96,17 @@ class WhisperLLaDA(nn.Module):
         )
         self.encoder.requires_grad_(train_encoder)
         if train_llm:
-            self.llada.requires_grad_(True)
-        elif not any("lora_" in name for name, _ in llada.named_parameters()):
-            self.llada.requires_grad_(False)
+            llm.requires_grad_(True)
+        elif not any("lora_" in name for name, _ in llm.named_parameters()):
+            llm.requires_grad_(False)
         self.train(False)
 
-    def train(self, mode: bool = True) -> WhisperLLaDA:
+    @property
+    def llm(self) -> nn.Module:
+        """The LLM (replace it with `setattr(model, model.llm_attribute, new)`)."""
+        return getattr(self, self.llm_attribute)
+
+    def train(self, mode: bool = True) -> SpeechLLM:
         super().train(mode)
         if not self.train_encoder:
             self.encoder.eval()
@@ -105,7 +123,7 @@ class WhisperLLaDA(nn.Module):
         factors keep their values; freshly initialised, they change nothing (LoRA's B is zero).
         A model without LoRA has nothing to switch.
         """
-        for name, parameter in self.llada.named_parameters():
+        for name, parameter in self.llm.named_parameters():
             if ".lora_" in name:
                 parameter.requires_grad_(trainable)
 
@@ -116,7 +134,7 @@ class WhisperLLaDA(nn.Module):
     @property
     def embedding_weight(self) -> torch.Tensor:
         """The LLM's input embedding matrix (V, D)."""
-        return self.llada.get_input_embeddings().weight
+        return self.llm.get_input_embeddings().weight
 
     def encode_audio(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> AudioEncoding:
         """Log-mel (B, n_mels, T) with valid lengths (B,) -> LLM-width audio vectors."""
@@ -127,7 +145,7 @@ class WhisperLLaDA(nn.Module):
         return AudioEncoding(vectors=vectors, lengths=vector_mask.sum(1))
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.llada.get_input_embeddings()(ids)
+        return self.llm.get_input_embeddings()(ids)
 
     def pack(
         self,
@@ -161,6 +179,22 @@ class WhisperLLaDA(nn.Module):
         answer_positions = prefix + torch.arange(answer_len, device=device).unsqueeze(0)
         position_ids = slot.expand(batch, -1)
         return PackedInputs(embeds, key_mask, position_ids, answer_positions)
+
+    def ctc_logits(self, audio: AudioEncoding) -> torch.Tensor:
+        """CTC prior logits (B, A, V + 1), index 0 = blank."""
+        if self.ctc_head is None:
+            raise ValueError("this model has no CTC head: set model.ctc.enabled=true and retrain")
+        return self.ctc_head(audio.vectors, self.embedding_weight)
+
+
+class WhisperLLaDA(SpeechLLM):
+    """Whisper-LLaDA: the speech LLM with LLaDA (bidirectional, a mask predictor over the answer).
+
+    `llada` is `LLaDAModelLM` or the peft `PeftModel` wrapping it (the attribute name keeps the
+    released checkpoint's key names `llada.base_model.model.*`).
+    """
+
+    llm_attribute = "llada"
 
     def answer_logits(
         self,
@@ -212,9 +246,3 @@ class WhisperLLaDA(nn.Module):
             inputs_embeds=self.embed_tokens(canvas), attention_mask=key_mask, prefix=cache
         )
         return output.logits
-
-    def ctc_logits(self, audio: AudioEncoding) -> torch.Tensor:
-        """CTC prior logits (B, A, V + 1), index 0 = blank."""
-        if self.ctc_head is None:
-            raise ValueError("this model has no CTC head: set model.ctc.enabled=true and retrain")
-        return self.ctc_head(audio.vectors, self.embedding_weight)

@@ -1,4 +1,8 @@
-"""Training objective of the composite model: masked-diffusion loss on the answer plus the joint CTC prior loss."""
+"""Training objective of the composite model: masked-diffusion loss on the answer plus the joint CTC prior loss.
+
+The causal baseline (`WhisperLLaMA`) trains with the next-token cross-entropy on its answer and
+end token instead (plus the same CTC loss when it has the head); `training_loss` picks by model.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from whisper_llada.causal_model import WhisperLLaMA
 from whisper_llada.config import LossConfig, ModelConfig
 from whisper_llada.ctc import ctc_loss
 from whisper_llada.diffusion_loss import apply_mask, diffusion_loss, pad_answers, sample_mask
-from whisper_llada.model import WhisperLLaDA
+from whisper_llada.model import AudioEncoding, SpeechLLM, WhisperLLaDA
 
 
 @dataclass
@@ -24,10 +30,15 @@ class SpeechBatch:
 
 @dataclass
 class LossOutput:
+    """The loss of one batch and its parts (detached), by model kind."""
+
     total: torch.Tensor  # scalar that is back-propagated
-    diffusion: torch.Tensor
+    diffusion: torch.Tensor | None  # Whisper-LLaDA's answer loss; None for the causal model
     ctc: torch.Tensor | None
-    masked_tokens: int
+    masked_tokens: (
+        int  # answer tokens the loss scored (all of them, end tokens included, for next_token)
+    )
+    next_token: torch.Tensor | None = None  # the causal model's answer loss
 
 
 def answer_token_lists(
@@ -39,13 +50,19 @@ def answer_token_lists(
 
 
 def training_loss(
-    model: WhisperLLaDA,
+    model: SpeechLLM,
     batch: SpeechBatch,
     model_cfg: ModelConfig,
     loss_cfg: LossConfig,
     generator: torch.Generator | None = None,
 ) -> LossOutput:
-    """Noise the answers, predict them from audio, and score (Whisper-LLaDA / LLaDA SFT / + CTC)."""
+    """Noise the answers, predict them from audio, and score (Whisper-LLaDA / LLaDA SFT / + CTC).
+
+    For the causal model: `next_token_loss` (`loss_cfg` and `generator` do not apply).
+    """
+    if isinstance(model, WhisperLLaMA):
+        return next_token_loss(model, batch, model_cfg)
+    assert isinstance(model, WhisperLLaDA), type(model)
     special = model.special
     device = batch.mel.device
     answers = pad_answers(
@@ -63,14 +80,49 @@ def training_loss(
     audio = model.encode_audio(batch.mel, batch.mel_lengths)
     logits = model.answer_logits(audio, apply_mask(answers, masked, special.mask))  # (B, L, V)
     loss = diffusion_loss(logits, answers, masked, p_mask, kind=loss_cfg.kind)
-    ctc = None
-    total = loss
-    if model.ctc_head is not None:
-        ctc = ctc_loss(model.ctc_logits(audio), audio.lengths, batch.text_ids)
-        total = loss + model_cfg.ctc.weight * ctc
+    total, ctc = with_ctc(model, audio, batch, loss, model_cfg)
+    return LossOutput(
+        total=total, diffusion=loss.detach(), ctc=ctc, masked_tokens=int(masked.sum())
+    )
+
+
+def next_token_loss(model: WhisperLLaMA, batch: SpeechBatch, model_cfg: ModelConfig) -> LossOutput:
+    """The causal baseline's loss: cross-entropy of each answer token given audio and the tokens before it.
+
+    The targets are the transcript and <|eot_id|> (so decoding learns to stop), the mean is
+    over every target token of the batch.
+    """
+    eot, pad = model.special.eot, model.special.pad
+    device = batch.mel.device
+    targets = [[*ids, eot] for ids in batch.text_ids]
+    lengths = torch.tensor([len(t) for t in targets], device=device)  # (B,)
+    answers = torch.full((len(targets), int(lengths.max())), pad, dtype=torch.long, device=device)
+    for row, tokens in enumerate(targets):
+        answers[row, : len(tokens)] = torch.tensor(tokens, device=device)  # (B, L)
+    audio = model.encode_audio(batch.mel, batch.mel_lengths)
+    logits = model.next_token_logits(audio, answers, lengths)  # (B, L, V)
+    scored = torch.arange(answers.shape[1], device=device) < lengths.unsqueeze(1)  # (B, L)
+    # float32 log-softmax, as the diffusion loss and transformers' causal-LM loss compute it
+    loss = F.cross_entropy(logits[scored].float(), answers[scored])
+    total, ctc = with_ctc(model, audio, batch, loss, model_cfg)
     return LossOutput(
         total=total,
-        diffusion=loss.detach(),
-        ctc=None if ctc is None else ctc.detach(),
-        masked_tokens=int(masked.sum()),
+        diffusion=None,
+        ctc=ctc,
+        masked_tokens=int(scored.sum()),
+        next_token=loss.detach(),
     )
+
+
+def with_ctc(
+    model: SpeechLLM,
+    audio: AudioEncoding,
+    batch: SpeechBatch,
+    loss: torch.Tensor,
+    model_cfg: ModelConfig,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(loss + weight x CTC loss, the CTC loss detached) with a CTC head; (loss, None) without."""
+    if model.ctc_head is None:
+        return loss, None
+    ctc = ctc_loss(model.ctc_logits(audio), audio.lengths, batch.text_ids)
+    return loss + model_cfg.ctc.weight * ctc, ctc.detach()

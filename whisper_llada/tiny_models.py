@@ -1,7 +1,7 @@
 """Tiny random models written to disk in the exact formats of the real checkpoints.
 
 Every test and the demo build their models from these directories through the same loading
-code that real users run on whisper-large-v3 and LLaDA-8B-Instruct.
+code that real users run on whisper-large-v3, LLaDA-8B-Instruct and Meta-Llama-3-8B-Instruct.
 
     python -m whisper_llada.tiny_models OUT_DIR
 """
@@ -20,6 +20,12 @@ import torch
 
 from whisper_llada.llada import LLADA_8B, LLaDAModelLM
 from whisper_llada.llada_checkpoint import save_llada
+from whisper_llada.llama import (
+    BEGIN_OF_TEXT_TOKEN,
+    END_OF_TEXT_TOKEN,
+    LLAMA3_CHAT_TEMPLATE,
+    llama3_special_tokens,
+)
 from whisper_llada.prompt import (
     BOS_TOKEN,
     CHAT_TEMPLATE,
@@ -41,6 +47,8 @@ EMBEDDING_ROWS_MULTIPLE = 64  # LLaDA-8B: 126464 = 1976 * 64 rows, beyond its la
 TINY_NORM_WEIGHT_STD = 0.1  # random RMSNorm gains, so a forward that ignores them is caught
 WORD_LEVEL_VOCAB_LIMIT = 100_000  # more than any closed vocabulary's merges need
 TINY_NUMBERS = 1000  # "0" .. "999" join the tokenizer's training text
+LLAMA3_CONTEXT = 8192  # Meta-Llama-3-8B: max_position_embeddings
+LLAMA3_ROPE_THETA = 500000.0
 # In the order of their ids in LLaDA-8B-Instruct (126080, 126081, 126336, 126346, 126347, 126348).
 LLADA_SPECIAL_TOKENS = (
     BOS_TOKEN,
@@ -92,8 +100,10 @@ def _tokenizer_training_text() -> list[str]:
     ]
 
 
-def _train_tiny_tokenizer(words: Sequence[str] | None = None):
-    """Byte-level BPE, then the LLaDA special tokens (ids after the BPE).
+def _train_tiny_tokenizer(
+    words: Sequence[str] | None = None, special_tokens: Sequence[str] = LLADA_SPECIAL_TOKENS
+):
+    """Byte-level BPE, then `special_tokens` (ids after the BPE; LLaDA's by default).
 
     Without `words`: TINY_BPE_VOCAB pieces learnt from the offline English text. With `words`
     (a closed vocabulary): merges run until every word, alone or after a space, is one token.
@@ -114,7 +124,7 @@ def _train_tiny_tokenizer(words: Sequence[str] | None = None):
     )
     tokenizer.train_from_iterator(text, trainer=trainer)
     tokenizer.add_special_tokens(
-        [AddedToken(token, special=True, normalized=False) for token in LLADA_SPECIAL_TOKENS]
+        [AddedToken(token, special=True, normalized=False) for token in special_tokens]
     )
     return tokenizer
 
@@ -218,6 +228,99 @@ def write_tiny_llada(
     return out_dir
 
 
+def write_tiny_llama(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    intermediate_size: int = 192,
+    num_shards: int = 2,
+    words: Sequence[str] | None = None,
+) -> Path:
+    """Write a random LLaMA in the layout of Meta-Llama-3-8B-Instruct's HF directory.
+
+    config.json (LlamaConfig: GQA, rope theta 500000, untied head, EOS <|eot_id|>),
+    generation_config.json (EOS [<|end_of_text|>, <|eot_id|>], the release's sampling
+    defaults), `num_shards` float32 safetensors shards with model.safetensors.index.json,
+    tokenizer.json (a byte-level BPE trained here, then Llama-3's 256 special tokens in their
+    order, BOS added by the post-processor), tokenizer_config.json (chat template) and
+    special_tokens_map.json. The same seed gives byte-identical files. `words`: a closed
+    vocabulary the tokenizer spells with one token per word (the demo's corpus vocabulary).
+    """
+    from tokenizers import processors
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out_dir = Path(out_dir)
+    tokenizer = _train_tiny_tokenizer(words, llama3_special_tokens())
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    bos, end_of_text, eot = (vocab[t] for t in (BEGIN_OF_TEXT_TOKEN, END_OF_TEXT_TOKEN, EOT_TOKEN))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BEGIN_OF_TEXT_TOKEN} $A",
+        pair=f"{BEGIN_OF_TEXT_TOKEN} $A {BEGIN_OF_TEXT_TOKEN} $B",
+        special_tokens=[(BEGIN_OF_TEXT_TOKEN, bos)],
+    )
+    config = LlamaConfig(
+        vocab_size=len(vocab),  # Llama-3: 128256, exactly its token count
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=LLAMA3_CONTEXT,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": LLAMA3_ROPE_THETA},
+        bos_token_id=bos,
+        eos_token_id=eot,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.normal_(1.0, TINY_NORM_WEIGHT_STD)
+    model.generation_config = GenerationConfig(
+        bos_token_id=bos,
+        eos_token_id=[end_of_text, eot],
+        do_sample=True,
+        temperature=0.6,
+        top_p=0.9,
+    )
+    shard_bytes = _shard_limit(model.state_dict(), num_shards)
+    model.save_pretrained(out_dir, max_shard_size=shard_bytes)
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    added = {
+        str(vocab[token]): {
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for token in llama3_special_tokens()
+    }
+    files = {
+        "tokenizer_config.json": {
+            "added_tokens_decoder": added,
+            "bos_token": BEGIN_OF_TEXT_TOKEN,
+            "chat_template": LLAMA3_CHAT_TEMPLATE,
+            "clean_up_tokenization_spaces": True,
+            "eos_token": EOT_TOKEN,
+            "model_input_names": ["input_ids", "attention_mask"],
+            "model_max_length": LLAMA3_CONTEXT,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        },
+        "special_tokens_map.json": {"bos_token": BEGIN_OF_TEXT_TOKEN, "eos_token": EOT_TOKEN},
+    }
+    for filename, content in files.items():
+        (out_dir / filename).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
 def write_tiny_whisper(
     out_dir: str | Path,
     seed: int = 0,
@@ -292,6 +395,7 @@ def main() -> None:
         "whisper (openai .pt):", write_tiny_openai_whisper(args.out_dir / "whisper.pt", args.seed)
     )
     print("llada:", write_tiny_llada(args.out_dir / "llada", seed=args.seed))
+    print("llama:", write_tiny_llama(args.out_dir / "llama", seed=args.seed))
 
 
 if __name__ == "__main__":
