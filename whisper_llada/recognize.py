@@ -2,7 +2,8 @@
 
 This is where the composite model becomes the "mask predictor" that the decoding functions
 (decoding.py, deliberation.py, prior_guided.py) run over, and where the first pass / prior of a
-mode comes from: the manifest's field or the model's own CTC head.
+mode comes from: the manifest's field, the model's own CTC head, or the hypotheses of a
+first-pass model (`cascade.py`). The causal baseline decodes with `autoregressive.py`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from whisper_llada.audio import batch_features
+from whisper_llada.autoregressive import autoregressive_decode
+from whisper_llada.causal_model import WhisperLLaMA
 from whisper_llada.config import AudioConfig, DecodeConfig
 from whisper_llada.ctc import ctc_greedy_decode_with_confidence
 from whisper_llada.decoding import DecodeResult, TokenIds, diffusion_decode
 from whisper_llada.deliberation import diffusion_deliberation, semi_ar_deliberation
-from whisper_llada.model import WhisperLLaDA
+from whisper_llada.model import SpeechLLM, WhisperLLaDA
 from whisper_llada.prior_guided import prior_guided_decode
 from whisper_llada.prompt import decode_text, text_ids
 
@@ -38,7 +41,7 @@ def row_seed(utterance_id: str, seed: int) -> int:
 
 
 def recognize(
-    model: WhisperLLaDA,
+    model: SpeechLLM,
     tokenizer: PreTrainedTokenizerFast,
     waves: Sequence[np.ndarray],
     utterance_ids: Sequence[str],
@@ -50,9 +53,12 @@ def recognize(
     """Decode one batch of 16 kHz waveforms with `cfg.mode`.
 
     Args:
-        first_passes: per utterance, a first-pass hypothesis from the manifest (used when
-            cfg.first_pass == "manifest" by the deliberation and prior-guided modes).
+        model: `WhisperLLaDA` for the diffusion modes, `WhisperLLaMA` for "autoregressive";
+            either for "ctc" (with a CTC head).
+        first_passes: per utterance, a first-pass hypothesis (used when cfg.first_pass is
+            "manifest" or "model" by the deliberation and prior-guided modes).
     """
+    check_mode(model, cfg)
     device = model.prompt_ids.device
     mel, mel_lengths = batch_features(
         list(waves),
@@ -65,6 +71,14 @@ def recognize(
         if cfg.mode == "ctc":
             drafts, _ = ctc_greedy_decode_with_confidence(model.ctc_logits(audio), audio.lengths)
             return [Hypothesis(decode_text(tokenizer, d), None, 0) for d in drafts]
+        if cfg.mode == "autoregressive":
+            result = autoregressive_decode(
+                model, audio, num_beams=cfg.num_beams, max_new_tokens=cfg.max_new_tokens
+            )
+            return [
+                Hypothesis(decode_text(tokenizer, tokens), None, steps)
+                for tokens, steps in zip(result.tokens, result.forward_passes, strict=True)
+            ]
         cache = model.prefix_cache(audio) if cfg.prefix_cache else None
 
         def predictor(
@@ -94,6 +108,22 @@ def recognize(
     ]
 
 
+def check_mode(model: SpeechLLM, cfg: DecodeConfig) -> None:
+    """ValueError when `cfg.mode` cannot run on this kind of model."""
+    causal = isinstance(model, WhisperLLaMA)
+    if cfg.mode == "autoregressive" and not causal:
+        raise ValueError(
+            "decode.mode=autoregressive decodes the causal baseline (model.llm=llama); "
+            "Whisper-LLaDA decodes with decoding / diffusion_deliberation / "
+            "semi_ar_deliberation / prior_guided / ctc"
+        )
+    if causal and cfg.mode not in ("autoregressive", "ctc"):
+        raise ValueError(
+            f"decode.mode={cfg.mode} needs Whisper-LLaDA (model.llm=llada); the causal model "
+            "(model.llm=llama) decodes with decode.mode=autoregressive (or ctc with a CTC head)"
+        )
+
+
 def token_ids(model: WhisperLLaDA) -> TokenIds:
     special = model.special
     return TokenIds(mask=special.mask, eos=special.eos, pad=special.pad, eot=special.eot)
@@ -106,9 +136,13 @@ def first_pass_tokens(model, tokenizer, audio, cfg: DecodeConfig, first_passes, 
     if cfg.first_pass == "ctc":
         return ctc_greedy_decode_with_confidence(model.ctc_logits(audio), audio.lengths)
     if first_passes is None or any(text is None for text in first_passes):
+        source = {
+            "manifest": "the manifest's origin_transcripts / first_pass field",
+            "model": "the first-pass model's hypotheses, see inference.first_pass_config",
+        }[cfg.first_pass]
         raise ValueError(
-            f"decode.mode={cfg.mode} with decode.first_pass=manifest needs a first-pass "
-            "hypothesis for every utterance (the manifest's origin_transcripts / first_pass field); "
+            f"decode.mode={cfg.mode} with decode.first_pass={cfg.first_pass} needs a first-pass "
+            f"hypothesis for every utterance ({source}); "
             "or set decode.first_pass=ctc to use the model's CTC head"
         )
     return [text_ids(tokenizer, text) for text in first_passes], None

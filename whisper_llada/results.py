@@ -30,6 +30,10 @@ class Record:
     decode_seconds: float  # this utterance's share of its batch's wall time
     audio_seconds: float
     error: str | None = None  # why the utterance could not be decoded; None = decoded
+    # A cascade's first stage (decode.first_pass=model; None otherwise): its forward passes and
+    # its share of the batch's seconds. `prior` holds its text; the fields above the second stage's.
+    first_pass_forward_passes: int | None = None
+    first_pass_seconds: float | None = None
 
     @property
     def failed(self) -> bool:

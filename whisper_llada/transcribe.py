@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -13,28 +14,42 @@ from transformers import PreTrainedTokenizerFast
 
 from whisper_llada.audio import SAMPLE_RATE, AudioError
 from whisper_llada.build import build_model, merge_lora
+from whisper_llada.cascade import FirstPass, first_pass_config, first_pass_statistics
 from whisper_llada.checkpoint import load_checkpoint
-from whisper_llada.config import Config
-from whisper_llada.manifest import load_wave, make_batches
+from whisper_llada.config import Config, from_dict, to_dict
+from whisper_llada.manifest import Utterance, load_wave, make_batches
 from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
-from whisper_llada.model import WhisperLLaDA
+from whisper_llada.model import SpeechLLM
 from whisper_llada.recognize import recognize
 from whisper_llada.results import Record, ShardWriter, merge_shards, shard_path
 
 # What a folder's results depend on: resuming with other values would mix two experiments.
 RESULT_DEFINING_SECTIONS = ("model", "audio", "decode")
-RESULT_DEFINING_INFERENCE_KEYS = ("manifest", "checkpoint", "merge_lora")
+RESULT_DEFINING_INFERENCE_KEYS = (
+    "manifest",
+    "checkpoint",
+    "merge_lora",
+    "first_pass_config",  # the cascade's first-pass model
+    "first_pass_overrides",
+)
 
 
 def decode_shard(
     cfg: Config, utterances, output_dir: Path, rank: int, device: torch.device
 ) -> None:
     """Decode `utterances` batch by batch, appending records to this rank's shard file."""
+    first_pass = load_first_pass(cfg, device) if cfg.decode.first_pass == "model" else None
     model, tokenizer = load_decoder(cfg, device)
-    decode_utterances(model, tokenizer, cfg, utterances, output_dir, rank)
+    decode_utterances(model, tokenizer, cfg, utterances, output_dir, rank, first_pass=first_pass)
 
 
-def load_decoder(cfg: Config, device: torch.device) -> tuple[WhisperLLaDA, PreTrainedTokenizerFast]:
+def load_first_pass(cfg: Config, device: torch.device) -> FirstPass:
+    """The cascade's first-pass decoder (decode.first_pass=model), as its own config describes it."""
+    first_cfg = first_pass_config(cfg)
+    return FirstPass(first_cfg, *load_decoder(first_cfg, device))
+
+
+def load_decoder(cfg: Config, device: torch.device) -> tuple[SpeechLLM, PreTrainedTokenizerFast]:
     """The model `cfg.model` and `cfg.inference` describe, checkpoint loaded, ready to decode.
 
     It does not depend on `cfg.decode` (but its seed), so one model serves every decoding mode.
@@ -52,7 +67,7 @@ def load_decoder(cfg: Config, device: torch.device) -> tuple[WhisperLLaDA, PreTr
 
 
 def decode_utterances(
-    model: WhisperLLaDA,
+    model: SpeechLLM,
     tokenizer: PreTrainedTokenizerFast,
     cfg: Config,
     utterances,
@@ -60,11 +75,15 @@ def decode_utterances(
     rank: int,
     *,
     desc: str | None = None,
+    first_pass: FirstPass | None = None,
 ) -> None:
     """Decode with `load_decoder`'s model in `cfg.decode`'s mode into this rank's shard file.
 
-    `desc` labels the progress bar (default: the rank).
+    `desc` labels the progress bar (default: the rank). `first_pass`: the cascade's first-pass
+    decoder for decode.first_pass=model (`load_first_pass`; loaded here when not given).
     """
+    if cfg.decode.first_pass == "model" and first_pass is None:
+        first_pass = load_first_pass(cfg, model.prompt_ids.device)
     limit = cfg.inference.max_duration
     batches = make_batches(
         utterances, batch_size=None if limit else cfg.inference.batch_size, max_duration=limit
@@ -93,34 +112,57 @@ def decode_utterances(
                         Record(utt.id, utt.text, "", utt.first_pass, 0, 0.0, 0.0, error=str(error))
                     )
             if loaded:
-                start = time.perf_counter()
-                hypotheses = recognize(
-                    model,
-                    tokenizer,
-                    waves,
-                    [u.id for u in loaded],
-                    cfg.decode,
-                    cfg.audio,
-                    first_passes=[u.first_pass for u in loaded],
-                )
-                share = (time.perf_counter() - start) / len(loaded)
-                records += [
-                    Record(
-                        u.id,
-                        u.text,
-                        h.text,
-                        h.prior if h.prior is not None else u.first_pass,
-                        h.forward_passes,
-                        share,
-                        len(w) / SAMPLE_RATE,
-                    )
-                    for u, h, w in zip(loaded, hypotheses, waves, strict=True)
-                ]
+                records += decode_batch(model, tokenizer, cfg, loaded, waves, first_pass)
             writer.write(records)
             progress.update(len(batch))
     finally:
         writer.close()
         progress.close()
+
+
+def decode_batch(
+    model: SpeechLLM,
+    tokenizer: PreTrainedTokenizerFast,
+    cfg: Config,
+    utterances: list[Utterance],
+    waves: list[np.ndarray],
+    first_pass: FirstPass | None,
+) -> list[Record]:
+    """Records of one batch of loaded utterances, each stage timed (the first pass, if any, then the mode)."""
+    ids = [u.id for u in utterances]
+    first, first_share = [None] * len(ids), None
+    if first_pass is not None:
+        start = time.perf_counter()
+        first = first_pass.transcribe(waves, ids)
+        first_share = (time.perf_counter() - start) / len(ids)
+    start = time.perf_counter()
+    hypotheses = recognize(
+        model,
+        tokenizer,
+        waves,
+        ids,
+        cfg.decode,
+        cfg.audio,
+        first_passes=[
+            u.first_pass if f is None else f.text for u, f in zip(utterances, first, strict=True)
+        ],
+    )
+    share = (time.perf_counter() - start) / len(ids)
+    return [
+        Record(
+            u.id,
+            u.text,
+            h.text,
+            # the cascade's first-pass text; else the mode's prior (CTC draft, tokenised first pass)
+            f.text if f is not None else (h.prior if h.prior is not None else u.first_pass),
+            h.forward_passes,
+            share,
+            len(w) / SAMPLE_RATE,
+            first_pass_forward_passes=None if f is None else f.forward_passes,
+            first_pass_seconds=first_share,
+        )
+        for u, h, f, w in zip(utterances, hypotheses, first, waves, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -166,7 +208,8 @@ def set_statistics(
 
 def summarize(cfg: Config, output_dir: Path) -> str:
     """Merge the shards and write the recogs / errs / wer files; return the WER line."""
-    statistics, scored, alignments = set_statistics(merge_shards(output_dir))
+    records = merge_shards(output_dir)
+    statistics, scored, alignments = set_statistics(records)
     summary, rtf, rate = statistics.summary, statistics.rtf, statistics.utterances_per_second
     extra = {
         "mode": cfg.decode.mode,
@@ -174,6 +217,7 @@ def summarize(cfg: Config, output_dir: Path) -> str:
         "forward passes per utterance": round(statistics.forward_passes_per_utterance, 3),
         "RTF": "n/a" if rtf is None else round(rtf, 4),
         "utterances per second": "n/a" if rate is None else round(rate, 3),
+        **first_pass_statistics(records),  # a cascade's first stage; nothing otherwise
     }
     tag = f"{Path(cfg.inference.manifest).name.split('.')[0]}-{cfg.decode.mode}"
     write_recogs(output_dir / f"recogs-{tag}.txt", scored)
@@ -191,7 +235,8 @@ def check_same_run(saved_config: Path, config: dict) -> None:
     """
     if not saved_config.is_file():
         return
-    saved = yaml.safe_load(saved_config.read_text())
+    # Through the schema: keys added since the folder was written take their defaults.
+    saved = to_dict(from_dict(Config, yaml.safe_load(saved_config.read_text())))
     changed = [
         f"{section}.{key}"
         for section in RESULT_DEFINING_SECTIONS
