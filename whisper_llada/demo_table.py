@@ -10,6 +10,7 @@ Each file is written atomically.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,16 @@ from whisper_llada.mode_comparison import REFERENCE_MODE, ModeRow, markdown_tabl
 
 RESULTS_STEM = "demo_results"
 PANEL_INCHES = (5.5, 4.5)  # width, height of one test set's panel
-LEGEND_INCHES = 1.4  # room under the panels for the legend
+LEGEND_INCHES = 0.9  # room under the panels for the legend
 PLOT_DPI = 120
 MARKERS = "osD^v<>pP*XhH8d"  # one per mode, with a colour of tab20 each
-LABEL_FONT_SIZE = 7
+LABEL_FONT_SIZE = 7  # points
+LABEL_LINE_SPACING = 1.3  # a label line's height, in font sizes
+CHARACTER_WIDTH = 0.55  # a label character's mean width, in font sizes (DejaVu Sans)
+LABEL_GAP = 4  # points between a marker's centre and its label
+POINTS_PER_INCH = 72
+LABEL_ROOM = 0.5  # x range added right of the last marker, as a share of the markers' range
+MIN_DECADES = 0.5  # the narrowest x range, in decades of RTF
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ def plot_wer_vs_rtf(sets: list[SetResult], path: Path) -> Path:
 
     matplotlib.use("Agg")  # files only: no display on the machines this runs on
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     modes = [row.mode for row in sets[0].rows]
     colours = plt.get_cmap("tab20").colors
@@ -114,23 +122,24 @@ def plot_wer_vs_rtf(sets: list[SetResult], path: Path) -> Path:
         1,
         len(sets),
         figsize=(width * len(sets), height + LEGEND_INCHES),
+        dpi=PLOT_DPI,
         sharey=True,
         squeeze=False,
     )
     for axis, result in zip(axes[0], sets, strict=True):
-        for row in result.rows:
-            if row.rtf is None or row.rtf <= 0:
-                continue
+        rows = [row for row in result.rows if row.rtf is not None and row.rtf > 0]
+        for row in rows:
             marker, colour = style[row.mode]
             axis.scatter(row.rtf, row.wer, marker=marker, color=colour, s=60, label=row.mode)
-            axis.annotate(
-                row.mode,
-                (row.rtf, row.wer),
-                xytext=(5, 3),
-                textcoords="offset points",
-                fontsize=LABEL_FONT_SIZE,
-            )
         axis.set_xscale("log")
+        if rows:  # room on the right for the labels: they stand right of their markers
+            low, high = min(row.rtf for row in rows), max(row.rtf for row in rows)
+            decades = max(math.log10(high / low), MIN_DECADES)
+            axis.set_xlim(low / 10 ** (0.05 * decades), high * 10 ** (LABEL_ROOM * decades))
+        # Ticks at 1, 2 and 5 of each decade, written plainly: the RTFs may span less than one.
+        axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_title(f"{result.name}: {result.description}", fontsize=10)
         axis.set_xlabel("RTF (decode s / audio s, log scale)")
         axis.grid(True, which="both", alpha=0.3)
@@ -150,10 +159,55 @@ def plot_wer_vs_rtf(sets: list[SetResult], path: Path) -> Path:
         frameon=False,
     )
     figure.tight_layout(rect=(0, LEGEND_INCHES / (height + LEGEND_INCHES), 1, 1))
+    for axis, result in zip(axes[0], sets, strict=True):  # where the final layout puts the markers
+        rows = [row for row in result.rows if row.rtf is not None and row.rtf > 0]
+        for row, offset in zip(rows, _label_offsets(axis, rows), strict=True):
+            moved = offset[1] != LABEL_GAP  # a moved label gets a leader line to its marker
+            axis.annotate(
+                row.mode,
+                (row.rtf, row.wer),
+                xytext=offset,
+                textcoords="offset points",
+                fontsize=LABEL_FONT_SIZE,
+                va="center",
+                arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5} if moved else None,
+            )
     try:
-        return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png", dpi=PLOT_DPI))
+        return write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
     finally:
         plt.close(figure)
+
+
+def _label_offsets(axis, rows: list[ModeRow]) -> list[tuple[float, float]]:
+    """Text offsets in points for the rows' labels: right of each marker, or, where labels of
+    modes with about equal numbers would overlap, moved a line at a time away from the nearer
+    edge of the panel (up in its lower half, down in its upper half) until clear.
+    """
+    axis.autoscale_view()
+    points_per_pixel = POINTS_PER_INCH / axis.figure.dpi
+    line = LABEL_FONT_SIZE * LABEL_LINE_SPACING
+    pixels = [axis.transData.transform((row.rtf, row.wer)) for row in rows]
+    lower = [axis.transAxes.inverted().transform(p)[1] < 0.5 for p in pixels]
+    # Labels nearest the edges go first, so the stacks grow towards the middle.
+    order = sorted(
+        range(len(rows)), key=lambda i: (not lower[i], pixels[i][1] * (1 if lower[i] else -1))
+    )
+    placed: list[tuple[float, float, float]] = []  # x, y, width of each label, in points
+    offsets: dict[int, tuple[float, float]] = {}
+    for i in order:
+        x, y = pixels[i] * points_per_pixel
+        label_x, label_y = x + LABEL_GAP, y + LABEL_GAP
+        label_width = len(rows[i].mode) * LABEL_FONT_SIZE * CHARACTER_WIDTH
+        while any(
+            abs(label_y - other_y) < line
+            and label_x < other_x + other_width
+            and other_x < label_x + label_width
+            for other_x, other_y, other_width in placed
+        ):
+            label_y += line if lower[i] else -line
+        placed.append((label_x, label_y, label_width))
+        offsets[i] = (label_x - x, label_y - y)
+    return [offsets[i] for i in range(len(rows))]
 
 
 def write_results(work_dir: Path, sets: list[SetResult], about: About) -> dict[str, Path]:
