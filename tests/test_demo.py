@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from whisper_llada import demo
+from whisper_llada import demo, demo_recipe
 from whisper_llada.checkpoint import read_checkpoint
 from whisper_llada.config import load_config, to_dict
 from whisper_llada.demo_recipe import (
@@ -298,6 +298,12 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
         "train.max_steps=3",
         *RECIPE_OVERRIDES,
     ]
+    spec = metadata["corpus_spec"]
+    assert spec["seed"] == DEMO_SEED
+    assert spec["splits"] == {
+        "dev-clean": HELD_OUT, "dev-other": HELD_OUT, "test-clean": HELD_OUT, "test-other": HELD_OUT,
+        TRAIN_SPLIT: TRAIN_UTTERANCES,
+    }  # fmt: skip
     assert config["model"]["llada_path"] == str(out / "llada")
     assert config["decode"]["gen_len"] == GEN_LEN
 
@@ -308,6 +314,14 @@ def test_demo_rebuilds_exactly_the_held_out_sets_of_training(retrained, demo_run
     held_out = [u for u in trained_on if u.split != TRAIN_SPLIT]
     assert len(held_out) == 4 * HELD_OUT
     assert read_planned_utterances(demo_run / "corpus") == held_out
+
+
+def test_demo_refuses_held_out_sets_of_another_recipe(retrained, monkeypatch):
+    monkeypatch.setattr(demo_recipe, "VOCABULARY_SIZE", demo_recipe.VOCABULARY_SIZE + 1)
+    run = retrained["root"] / "changed_recipe"
+    with pytest.raises(SystemExit, match=re.escape("(changed: vocabulary_size): decode with")):
+        demo.main(["--model", str(retrained["out"]), "--work-dir", str(run), "--limit", "1"])
+    assert not (run / "decode-first1").exists()
 
 
 def test_demo_table_has_every_mode_and_set(retrained, demo_run):

@@ -36,11 +36,22 @@ from tqdm import tqdm
 from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.checkpoint import read_checkpoint
 from whisper_llada.config import load_config
-from whisper_llada.demo_recipe import TEST_SETS, build_demo_corpus, prepare_demo_manifests
-from whisper_llada.demo_retrain import HELD_OUT_KEY, add_retrain_arguments, run_retrain
+from whisper_llada.demo_recipe import (
+    TEST_SETS,
+    TRAIN_SPLIT,
+    build_demo_corpus,
+    prepare_demo_manifests,
+)
+from whisper_llada.demo_retrain import (
+    CORPUS_SPEC_KEY,
+    HELD_OUT_KEY,
+    add_retrain_arguments,
+    run_retrain,
+)
 from whisper_llada.demo_table import About, SetResult, write_results
 from whisper_llada.manifest import read_manifest
 from whisper_llada.mode_comparison import NEUTRAL_DECODE, decode_mode, standard_modes
+from whisper_llada.synthetic_corpus import MARKER_NAME
 from whisper_llada.transcribe import load_decoder
 
 DEFAULT_MODEL = Path("models/demo")
@@ -81,6 +92,40 @@ def check_model_dir(model_dir: Path) -> None:
         )
 
 
+def held_out_part(spec: dict) -> dict:
+    """A synthetic corpus's parameters (its synthetic_corpus.json) without the training split."""
+    return {
+        key: {split: v for split, v in value.items() if split != TRAIN_SPLIT}
+        if isinstance(value, dict)
+        else value
+        for key, value in spec.items()
+    }
+
+
+def check_same_held_out_sets(corpus: Path, trained_spec: dict | None) -> None:
+    """Stop when `corpus`'s held-out sets are not those of the corpus the model trained with.
+
+    `trained_spec` is the training corpus's parameters from the export's metadata (`retrain`
+    records them; an export without them is not checked): a demo recipe changed since training
+    would otherwise evaluate on other sentences, perhaps with words the model never saw.
+    """
+    if trained_spec is None:
+        return
+    built, trained = (
+        held_out_part(json.loads((corpus / MARKER_NAME).read_text())),
+        held_out_part(trained_spec),
+    )
+    changed = sorted(
+        key for key in built.keys() | trained.keys() if built.get(key) != trained.get(key)
+    )
+    if changed:
+        raise SystemExit(
+            f"the demo recipe's held-out sets differ from those of the model's training corpus "
+            f"(changed: {', '.join(changed)}): decode with the recipe of the commit in the "
+            "model's metadata (git_commit), or retrain"
+        )
+
+
 def claim_decode_folder(decode_dir: Path, fingerprint: dict[str, str]) -> None:
     """Record which model `decode_dir` holds results of; refuse to mix in another model's."""
     path = decode_dir / FINGERPRINT_NAME
@@ -115,6 +160,7 @@ def run_demo(
     corpus = build_demo_corpus(
         work_dir / "corpus", with_train=False, held_out_utterances=metadata.get(HELD_OUT_KEY)
     )
+    check_same_held_out_sets(corpus, metadata.get(CORPUS_SPEC_KEY))
     manifests = prepare_demo_manifests(corpus, work_dir / "manifests")
     model_config = model_dir / "config.yaml"
     cfg = load_config(model_config, model_paths(model_dir))

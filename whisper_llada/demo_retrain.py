@@ -13,8 +13,8 @@ Writes, each step reused when already done:
 
 The last checkpoint is exported, not the best: the best one is chosen by a validation loss of
 random masks, a weak guide to decoding quality, and the schedule ends at its minimum learning
-rate. The export's metadata records the recipe, its overrides, DEMO_SEED, the corpus sizes, the
-git commit, the steps and the training wall time summed over the sessions of this work folder
+rate. The export's metadata records the recipe, its overrides, DEMO_SEED, the corpus sizes and
+parameters (the demo checks that it rebuilds the same held-out sets), the git commit, the steps and the training wall time summed over the sessions of this work folder
 (training run outside `retrain` is not counted). --train-utterances and --held-out-utterances
 change the corpus: give such a run its own --work-dir.
 """
@@ -44,6 +44,7 @@ from whisper_llada.demo_recipe import (
     write_demo_base_models,
 )
 from whisper_llada.export import export_model
+from whisper_llada.synthetic_corpus import MARKER_NAME
 from whisper_llada.train_state import WEIGHTS_FILE, last_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +54,7 @@ TRAIN_MODULE = "whisper_llada_train_script"  # the name train.py is loaded under
 VALID_SPLIT = "dev-clean"
 SESSIONS_NAME = "retrain_sessions.jsonl"
 HELD_OUT_KEY = "held_out_utterances"  # in the export's metadata: the demo rebuilds those sets
+CORPUS_SPEC_KEY = "corpus_spec"  # in the export's metadata: the training corpus's parameters
 UNKNOWN_COMMIT = "unknown"
 
 
@@ -124,6 +126,7 @@ def retrain(
         "demo_seed": DEMO_SEED,
         "train_utterances": train_utterances,
         HELD_OUT_KEY: held_out_utterances,
+        CORPUS_SPEC_KEY: json.loads((corpus / MARKER_NAME).read_text()),
         "git_commit": git_commit(),
         "train_wall_seconds": round(sum(s["seconds"] for s in sessions), 1),
         "train_sessions": len(sessions),
