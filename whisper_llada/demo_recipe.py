@@ -28,8 +28,8 @@ from whisper_llada.synthetic_corpus import build_synthetic_corpus
 from whisper_llada.tiny_models import write_tiny_llada, write_tiny_llama, write_tiny_whisper
 
 DEMO_SEED = 2026
-VOCABULARY_SIZE = 300
-MIN_WORDS, MAX_WORDS = 3, 10
+VOCABULARY_SIZE = 120
+MIN_WORDS, MAX_WORDS = 3, 8
 RANDOM_ORDER_SHARE = 0.5
 TRAIN_UTTERANCES = 6000
 UNSEEN_VOICE = "en-gb-x-rp+f4"  # no voice of DEFAULT_VOICES uses this accent with this variant
