@@ -19,12 +19,13 @@ held-out splits alone holds exactly the held-out utterances of the full corpus.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from whisper_llada.corpora import LIBRISPEECH_TEXT_POLICY, prepare_librispeech
 from whisper_llada.sentences import SentenceGenerator
 from whisper_llada.speech_synthesis import DEFAULT_VOICES
-from whisper_llada.synthetic_corpus import build_synthetic_corpus
+from whisper_llada.synthetic_corpus import CorpusSpec, build_synthetic_corpus, corpus_spec
 from whisper_llada.tiny_models import write_tiny_llada, write_tiny_llama, write_tiny_whisper
 
 DEMO_SEED = 2026
@@ -54,15 +55,13 @@ WHISPER_WIDTH, WHISPER_LAYERS, WHISPER_HEADS = 128, 3, 4
 LLADA_WIDTH, LLADA_LAYERS, LLADA_HEADS, LLADA_MLP = 256, 4, 4, 512
 
 
-def build_demo_corpus(
-    root: str | Path,
+def demo_corpus_spec(
     *,
     with_train: bool,
     train_utterances: int = TRAIN_UTTERANCES,
     held_out_utterances: int | None = None,
-    workers: int = 2,
-) -> Path:
-    """Synthesise the demo corpus under `root`: the held-out splits, and training when asked.
+) -> CorpusSpec:
+    """The demo corpus's parameters: the held-out splits, and training when asked.
 
     Args:
         train_utterances: size of the training split (with_train only); a shortened run's
@@ -88,11 +87,29 @@ def build_demo_corpus(
         splits[TRAIN_SPLIT] = train_utterances
         voices[TRAIN_SPLIT] = DEFAULT_VOICES
         speeds[TRAIN_SPLIT], snrs_db[TRAIN_SPLIT] = TRAIN_PERTURBATION
-    return build_synthetic_corpus(
-        root, splits, seed=DEMO_SEED, vocabulary_size=VOCABULARY_SIZE, min_words=MIN_WORDS,
+    return corpus_spec(
+        splits, seed=DEMO_SEED, vocabulary_size=VOCABULARY_SIZE, min_words=MIN_WORDS,
         max_words=MAX_WORDS, random_order_share=RANDOM_ORDER_SHARE, voices=voices,
-        speeds=speeds, snrs_db=snrs_db, workers=workers,
+        speeds=speeds, snrs_db=snrs_db,
     )  # fmt: skip
+
+
+def build_demo_corpus(
+    root: str | Path,
+    *,
+    with_train: bool,
+    train_utterances: int = TRAIN_UTTERANCES,
+    held_out_utterances: int | None = None,
+    workers: int = 2,
+) -> Path:
+    """Synthesise the demo corpus of `demo_corpus_spec` under `root`."""
+    spec = demo_corpus_spec(
+        with_train=with_train,
+        train_utterances=train_utterances,
+        held_out_utterances=held_out_utterances,
+    )
+    settings = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("splits", "format")}
+    return build_synthetic_corpus(root, spec.splits, workers=workers, **settings)
 
 
 def prepare_demo_manifests(corpus_root: str | Path, manifest_dir: str | Path) -> dict[str, Path]:

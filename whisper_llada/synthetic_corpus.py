@@ -117,8 +117,7 @@ class PlannedUtterance:
     noise_seed: int
 
 
-def build_synthetic_corpus(
-    root: str | Path,
+def corpus_spec(
     splits: Mapping[str, int],
     *,
     seed: int,
@@ -131,12 +130,10 @@ def build_synthetic_corpus(
     pitches: Sequence[int] = DEFAULT_PITCHES,
     speeds: Sequence[float] | Mapping[str, Sequence[float]] = (1.0,),
     snrs_db: Sequence[float | None] | Mapping[str, Sequence[float | None]] = (None,),
-    workers: int = DEFAULT_WORKERS,
-) -> Path:
-    """Build, or find already built, a synthetic corpus in LibriSpeech's layout under `root`.
+) -> CorpusSpec:
+    """The parameters of a synthetic corpus (`plan_utterances` turns them into utterances).
 
     Args:
-        root: the corpus folder (what lhotse's `prepare_librispeech` takes as `corpus_dir`).
         splits: utterances per split, e.g. {"train-clean-100": 400, "dev-clean": 50}, with
             LibriSpeech's split names. Splits are made in sorted order, so the mapping's order
             does not matter, and a corpus of the first splits of another (same seed and
@@ -150,12 +147,6 @@ def build_synthetic_corpus(
         speeds: sox speed factors, one drawn per utterance; for every split, or per split.
         snrs_db: white-noise SNRs in dB, one drawn per utterance, None is clean audio; for every
             split, or per split (e.g. a noisy test split).
-        workers: espeak-ng + sox pipelines run at a time (threads).
-
-    Returns:
-        `root`. A finished corpus with the same parameters is returned untouched; one with other
-        parameters raises. The corpus is built in a hidden sibling folder, renamed to `root` only
-        when complete, so an interrupted build is started over, never half used.
     """
     if isinstance(voices, str):
         raise TypeError(f"voices must be a list of voices or a mapping per split, got {voices!r}")
@@ -163,12 +154,30 @@ def build_synthetic_corpus(
         _per_split(name, values, splits)
         for name, values in [("voices", voices), ("speeds", speeds), ("snrs_db", snrs_db)]
     )
-    spec = CorpusSpec(
+    return CorpusSpec(
         splits={s: splits[s] for s in sorted(splits)}, seed=seed, vocabulary_size=vocabulary_size,
         min_words=min_words, max_words=max_words, random_order_share=random_order_share,
         voices=voices, rates_wpm=list(rates_wpm), pitches=list(pitches), speeds=speeds,
         snrs_db=snrs_db,
     )  # fmt: skip
+
+
+def build_synthetic_corpus(
+    root: str | Path, splits: Mapping[str, int], *, workers: int = DEFAULT_WORKERS, **settings
+) -> Path:
+    """Build, or find already built, a synthetic corpus in LibriSpeech's layout under `root`.
+
+    Args:
+        root: the corpus folder (what lhotse's `prepare_librispeech` takes as `corpus_dir`).
+        splits, settings: the corpus parameters, see `corpus_spec` (`seed` is required).
+        workers: espeak-ng + sox pipelines run at a time (threads).
+
+    Returns:
+        `root`. A finished corpus with the same parameters is returned untouched; one with other
+        parameters raises. The corpus is built in a hidden sibling folder, renamed to `root` only
+        when complete, so an interrupted build is started over, never half used.
+    """
+    spec = corpus_spec(splits, **settings)
     root = Path(root)
     if _is_finished(root, spec):
         logger.info("synthetic corpus already built in %s", root)
