@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -202,3 +204,41 @@ def test_merged_lora_gives_the_same_logits(built, speech):
         after = model.answer_logits(audio, answer)
     assert not any(".lora_" in n for n, _ in model.named_parameters())
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_show_drafts_fills_masked_slots_of_chosen_rows_with_the_draft():
+    from whisper_llada.objective import show_drafts
+
+    mask = 9
+    noisy = torch.tensor([[1, mask, mask, mask], [5, mask, 7, mask]])
+    masked = noisy == mask
+    drafts = [[11, 12], [13, 14, 15, 16, 17]]  # row 0 ends early; row 1 is longer than L
+    shown = show_drafts(noisy, masked, drafts, 1.0, mask)
+    assert torch.equal(shown, torch.tensor([[1, 12, mask, mask], [5, 14, 7, 16]]))
+    assert torch.equal(show_drafts(noisy, masked, drafts, 0.0, mask), noisy)
+
+
+def test_training_with_drafts_visible_changes_the_canvas_and_needs_the_ctc_head(
+    tiny_config, speech
+):
+    cfg = tiny_config("model.lora.r=0")
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg.model)
+    batch = make_batch(speech, tokenizer, cfg)
+    seen = []
+    original = model.answer_logits
+    model.answer_logits = lambda audio, noisy: seen.append(noisy) or original(audio, noisy)
+    for share in (0.0, 1.0):
+        loss_cfg = dataclasses.replace(cfg.loss, draft_prob=share)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            training_loss(model, batch, cfg.model, loss_cfg, generator)
+    without, with_drafts = seen
+    assert (without == model.special.mask).any()
+    assert not torch.equal(without, with_drafts)  # masked slots now show draft tokens
+    assert torch.equal(
+        with_drafts[without != model.special.mask], without[without != model.special.mask]
+    )
+    model.ctc_head = None
+    with pytest.raises(ValueError, match=r"^loss\.draft_prob > 0 shows the CTC draft"):
+        training_loss(model, batch, cfg.model, dataclasses.replace(cfg.loss, draft_prob=0.5))

@@ -112,6 +112,10 @@ class LossConfig:
     eps: float = 1e-3  # llada_sft only: p_mask = (1 - eps) t + eps
     full_mask_prob: float = 0.0  # dLLM-ASR masks every answer token in 20 % of batches
     answer_end: Literal["batch_padding", "eos"] = "batch_padding"
+    # Training with the prior visible: in this share of rows the masked answer slots show the
+    # model's own CTC draft (greedy, no gradient) instead of MASK, as prior-guided decoding's
+    # canvas does; the loss still scores those slots against the transcript. Needs model.ctc.
+    draft_prob: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from whisper_llada.causal_model import WhisperLLaMA
 from whisper_llada.config import LossConfig, ModelConfig
-from whisper_llada.ctc import ctc_loss
+from whisper_llada.ctc import ctc_greedy_decode, ctc_loss
 from whisper_llada.diffusion_loss import apply_mask, diffusion_loss, pad_answers, sample_mask
 from whisper_llada.model import AudioEncoding, SpeechLLM, WhisperLLaDA
 
@@ -78,12 +78,46 @@ def training_loss(
         generator=generator,
     )
     audio = model.encode_audio(batch.mel, batch.mel_lengths)
-    logits = model.answer_logits(audio, apply_mask(answers, masked, special.mask))  # (B, L, V)
+    ctc_logits = model.ctc_logits(audio) if model.ctc_head is not None else None
+    noisy = apply_mask(answers, masked, special.mask)
+    if loss_cfg.draft_prob > 0:
+        if ctc_logits is None:
+            raise ValueError("loss.draft_prob > 0 shows the CTC draft: set model.ctc.enabled")
+        drafts = ctc_greedy_decode(ctc_logits.detach(), audio.lengths)
+        noisy = show_drafts(noisy, masked, drafts, loss_cfg.draft_prob, special.mask, generator)
+    logits = model.answer_logits(audio, noisy)  # (B, L, V)
     loss = diffusion_loss(logits, answers, masked, p_mask, kind=loss_cfg.kind)
-    total, ctc = with_ctc(model, audio, batch, loss, model_cfg)
+    total, ctc = with_ctc(model, audio, batch, loss, model_cfg, ctc_logits)
     return LossOutput(
         total=total, diffusion=loss.detach(), ctc=ctc, masked_tokens=int(masked.sum())
     )
+
+
+def show_drafts(
+    noisy: torch.Tensor,
+    masked: torch.Tensor,
+    drafts: Sequence[Sequence[int]],
+    share: float,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Masked slots of a random `share` of rows show the row's draft token at that position.
+
+    Slot i of a chosen row shows draft token i; slots past the draft's end keep MASK, as do
+    unmasked slots (they show the transcript). Rows are drawn with `generator`.
+
+    Args:
+        noisy: (B, L) the answer with masked slots set to `mask_id`.
+        masked: (B, L) True where the loss scores the slot.
+        drafts: B token lists (the CTC greedy drafts).
+    """
+    rows, length = noisy.shape
+    canvas = torch.full_like(noisy, mask_id)  # (B, L) the drafts, MASK past their ends
+    for row, draft in enumerate(drafts):
+        tokens = list(draft)[:length]
+        canvas[row, : len(tokens)] = torch.tensor(tokens, dtype=noisy.dtype)
+    chosen = torch.rand(rows, generator=generator, device=noisy.device) < share  # (B,)
+    return torch.where(masked & chosen.unsqueeze(1), canvas, noisy)
 
 
 def next_token_loss(model: WhisperLLaMA, batch: SpeechBatch, model_cfg: ModelConfig) -> LossOutput:
@@ -120,9 +154,15 @@ def with_ctc(
     batch: SpeechBatch,
     loss: torch.Tensor,
     model_cfg: ModelConfig,
+    ctc_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(loss + weight x CTC loss, the CTC loss detached) with a CTC head; (loss, None) without."""
+    """(loss + weight x CTC loss, the CTC loss detached) with a CTC head; (loss, None) without.
+
+    `ctc_logits`: the head's output on `audio` when the caller has it already.
+    """
     if model.ctc_head is None:
         return loss, None
-    ctc = ctc_loss(model.ctc_logits(audio), audio.lengths, batch.text_ids)
+    if ctc_logits is None:
+        ctc_logits = model.ctc_logits(audio)
+    ctc = ctc_loss(ctc_logits, audio.lengths, batch.text_ids)
     return loss + model_cfg.ctc.weight * ctc, ctc.detach()
