@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from whisper_llada.audio import batch_features
@@ -12,13 +13,17 @@ from whisper_llada.export import export_model
 from whisper_llada.prompt import text_ids
 
 
-def test_an_exported_model_reloads_with_every_weight_identical(tiny_config, speech, tmp_path):
-    cfg = tiny_config("model.train_encoder=true", "model.train_llm=true", "model.lora.r=0")
+@pytest.mark.parametrize("llm", ["llada", "llama"])
+def test_an_exported_model_reloads_with_every_weight_identical(
+    llm, tiny_config, tiny_ar_config, speech, tmp_path
+):
+    make = tiny_config if llm == "llada" else tiny_ar_config
+    cfg = make("model.train_encoder=true", "model.train_llm=true", "model.lora.r=0")
     torch.manual_seed(0)
     model, tokenizer = build_model(cfg.model)
     trained = model.trainable_parameters()
     assert any(n.startswith("encoder.") for n in trained) and any(
-        n.startswith("llada.") for n in trained
+        n.startswith(f"{llm}.") for n in trained
     )
     with torch.no_grad():  # stands in for training: every trainable weight moves
         for parameter in trained.values():
@@ -28,10 +33,11 @@ def test_an_exported_model_reloads_with_every_weight_identical(tiny_config, spee
     config_path = export_model(model, cfg, tmp_path / "exported", metadata={"steps": 7})
     exported = load_config(config_path)
     assert (exported.model.train_encoder, exported.model.train_llm) == (False, False)
-    assert exported.model.llada_path == str(tmp_path / "exported" / "llada")
+    assert getattr(exported.model, f"{llm}_path") == str(tmp_path / "exported" / llm)
     tensors, _, metadata = read_checkpoint(exported.inference.checkpoint)
     assert metadata == {"steps": 7}
-    assert {name.split(".")[0] for name in tensors} == {"projector", "ctc_head"}
+    heads = {"projector", "ctc_head"} if llm == "llada" else {"projector"}
+    assert {name.split(".")[0] for name in tensors} == heads
 
     fresh, fresh_tokenizer = build_model(exported.model)
     load_checkpoint(fresh, exported.inference.checkpoint)  # strict: exactly projector + CTC head
@@ -42,7 +48,8 @@ def test_an_exported_model_reloads_with_every_weight_identical(tiny_config, spee
 
     mel, lengths = batch_features([speech[0][0]], cfg.audio.n_mels, pad_to_30s=cfg.audio.pad_to_30s)
     answer = torch.tensor([text_ids(tokenizer, speech[0][1])])
+    logits = "answer_logits" if llm == "llada" else "next_token_logits"
     with torch.no_grad():
-        ours = model.answer_logits(model.encode_audio(mel, lengths), answer)
-        theirs = fresh.answer_logits(fresh.encode_audio(mel, lengths), answer)
+        ours = getattr(model, logits)(model.encode_audio(mel, lengths), answer)
+        theirs = getattr(fresh, logits)(fresh.encode_audio(mel, lengths), answer)
     assert torch.equal(ours, theirs)

@@ -3,10 +3,11 @@
 A training checkpoint holds only the trainable tensors; the rest comes from the pretrained
 directories. When training changed the encoder (`train_encoder`) or the LLM (`train_llm`, or LoRA),
 `export_model` writes those back in their own formats, so the result loads like any pretrained
-model and its checkpoint shrinks to the projector and CTC head:
+model and its checkpoint shrinks to the projector and CTC head (if any):
 
     <out>/whisper/            transformers Whisper layout, the trained encoder
     <out>/llada/              LLaDA-8B-Instruct layout (LoRA merged), tokenizer files copied
+    <out>/llama/              instead, for the causal baseline (model.llm=llama): transformers layout
     <out>/checkpoint.safetensors   projector + CTC head, the export config and metadata
     <out>/config.yaml         the config that decodes it (paths point into <out>)
 
@@ -28,7 +29,7 @@ from whisper_llada.build import build_model, merge_lora
 from whisper_llada.checkpoint import load_checkpoint, save_checkpoint
 from whisper_llada.config import Config, LoraConfig, load_config, to_dict
 from whisper_llada.llada_checkpoint import save_llada
-from whisper_llada.model import WhisperLLaDA
+from whisper_llada.model import SpeechLLM
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -40,7 +41,7 @@ MAX_SHARD_BYTES = 5 * 1024**3  # LLaDA-8B-Instruct's shard size
 
 
 def export_model(
-    model: WhisperLLaDA, cfg: Config, out_dir: str | Path, *, metadata: dict[str, Any]
+    model: SpeechLLM, cfg: Config, out_dir: str | Path, *, metadata: dict[str, Any]
 ) -> Path:
     """Write `model` (trained under `cfg`) to `out_dir` as described in the module docstring.
 
@@ -56,13 +57,20 @@ def export_model(
     whisper.model.encoder.load_state_dict(model.encoder.state_dict())
     whisper.save_pretrained(out_dir / "whisper")
     shutil.copy(Path(cfg.model.whisper_path) / "preprocessor_config.json", out_dir / "whisper")
-    save_llada(model.llada, out_dir / "llada", max_shard_bytes=MAX_SHARD_BYTES)
+    llm_dir = out_dir / cfg.model.llm
+    if cfg.model.llm == "llama":
+        model.llm.save_pretrained(llm_dir)
+        source, paths = Path(cfg.model.llama_path), {"llama_path": str(llm_dir)}
+    else:
+        save_llada(model.llm, llm_dir, max_shard_bytes=MAX_SHARD_BYTES)
+        source, paths = Path(cfg.model.llada_path), {"llada_path": str(llm_dir)}
     for name in TOKENIZER_FILES:
-        shutil.copy(Path(cfg.model.llada_path) / name, out_dir / "llada" / name)
+        if (source / name).is_file():
+            shutil.copy(source / name, llm_dir / name)
     model_cfg = dataclasses.replace(
         cfg.model,
         whisper_path=str(out_dir / "whisper"),
-        llada_path=str(out_dir / "llada"),
+        **paths,
         train_encoder=False,
         train_llm=False,
         lora=LoraConfig(r=0),
