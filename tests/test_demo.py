@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
-from whisper_llada import demo, demo_recipe
-from whisper_llada.checkpoint import read_checkpoint
+from whisper_llada import demo, demo_recipe, demo_retrain
+from whisper_llada.build import build_model
+from whisper_llada.checkpoint import load_checkpoint, read_checkpoint
 from whisper_llada.config import load_config, to_dict
 from whisper_llada.demo_recipe import (
     DEMO_SEED,
@@ -226,18 +227,23 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def retrained(tmp_path_factory, one_thread) -> dict[str, Path]:
-    """A shortened `retrain` (2 steps), then a rerun that resumes it to 3 steps."""
-    root = tmp_path_factory.mktemp("demo")
-    out, work = root / "model", root / "work"
-    common = [
+def retrain_command(out: Path, work: Path) -> list[str]:
+    """The shortened `retrain` of these tests, without the stages' step counts."""
+    return [
         "retrain", "--out", str(out), "--work-dir", str(work),
         "--train-utterances", str(TRAIN_UTTERANCES), "--held-out-utterances", str(HELD_OUT),
         *RECIPE_OVERRIDES,
     ]  # fmt: skip
-    demo.main([*common, "--max-steps", "2"])
-    demo.main([*common, "--max-steps", "3"])
+
+
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory, one_thread) -> dict[str, Path]:
+    """A shortened `retrain` (stage 1: 2 steps, stage 2: 1), then a rerun that skips the
+    finished stage 1 and resumes stage 2 to 2 steps."""
+    root = tmp_path_factory.mktemp("demo")
+    out, work = root / "model", root / "work"
+    demo.main([*retrain_command(out, work), "--max-steps", "2", "--stage2-max-steps", "1"])
+    demo.main([*retrain_command(out, work), "--max-steps", "2", "--stage2-max-steps", "2"])
     return {"root": root, "out": out, "work": work}
 
 
@@ -268,7 +274,8 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
     sessions = [
         json.loads(line) for line in (work / "retrain_sessions.jsonl").read_text().splitlines()
     ]
-    assert [s["step"] for s in sessions] == [2, 3]  # the rerun went on from step 2
+    # The rerun skipped the finished stage 1 and went on with stage 2 from its step 1.
+    assert [(s["stage"], s["step"]) for s in sessions] == [(1, 2), (2, 1), (2, 2)]
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.safetensors",
         "config.yaml",
@@ -279,25 +286,44 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
-    assert metadata["steps"] == 3
-    assert metadata["recipe"] == "configs/demo.yaml"
+    assert metadata["steps"] == 2
     assert metadata["demo_seed"] == DEMO_SEED
     assert metadata["git_commit"] == (commit or "unknown")
     assert metadata["train_utterances"] == TRAIN_UTTERANCES
     assert metadata["held_out_utterances"] == HELD_OUT
-    assert metadata["train_sessions"] == 2
-    assert metadata["train_wall_seconds"] == pytest.approx(
-        sum(s["seconds"] for s in sessions), abs=0.11
-    )
-    assert metadata["overrides"] == [
+    shared = [
         f"model.whisper_path={work / 'base' / 'whisper'}",
         f"model.llada_path={work / 'base' / 'llada'}",
         f"data.train_manifests=[{work / 'manifests' / 'librispeech_cuts_train-clean-100.jsonl.gz'}]",
         f"data.valid_manifests=[{work / 'manifests' / 'librispeech_cuts_dev-clean.jsonl.gz'}]",
-        f"train.output_dir={work / 'train'}",
-        "train.max_steps=3",
-        *RECIPE_OVERRIDES,
     ]
+    first, second = metadata["stages"]
+    assert {k: v for k, v in first.items() if k != "train_wall_seconds"} == {
+        "recipe": "configs/demo.yaml",
+        "overrides": [
+            *shared, f"train.output_dir={work / 'train'}", "train.max_steps=2", *RECIPE_OVERRIDES
+        ],
+        "steps": 2,
+        "train_sessions": 1,
+    }  # fmt: skip
+    assert {k: v for k, v in second.items() if k != "train_wall_seconds"} == {
+        "recipe": "configs/demo_stage2.yaml",
+        "overrides": [
+            *shared,
+            f"train.output_dir={work / 'train_stage2'}",
+            f"train.init_checkpoint={work / 'train' / 'last' / 'model.safetensors'}",
+            "train.max_steps=2",
+            *RECIPE_OVERRIDES,
+        ],
+        "steps": 2,
+        "train_sessions": 2,
+    }
+    for stage, record in ((1, first), (2, second)):
+        seconds = sum(s["seconds"] for s in sessions if s["stage"] == stage)
+        assert record["train_wall_seconds"] == pytest.approx(seconds, abs=0.11)
+    assert metadata["train_wall_seconds"] == pytest.approx(
+        first["train_wall_seconds"] + second["train_wall_seconds"], abs=0.11
+    )
     spec = metadata["corpus_spec"]
     assert spec["seed"] == DEMO_SEED
     assert spec["splits"] == {
@@ -306,6 +332,75 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
     }  # fmt: skip
     assert config["model"]["llada_path"] == str(out / "llada")
     assert config["decode"]["gen_len"] == GEN_LEN
+    assert config["loss"]["draft_prob"] == 0.5  # stage 2's recipe
+
+
+def test_the_export_holds_stage_two_s_last_weights(retrained):
+    work, out = retrained["work"], retrained["out"]
+    cfg = load_config(out / "config.yaml")
+    model, _ = build_model(cfg.model)
+    load_checkpoint(model, out / "checkpoint.safetensors")
+    exported = model.state_dict()
+    stage_two, _, _ = read_checkpoint(work / "train_stage2" / "last" / "model.safetensors")
+    stage_one, _, _ = read_checkpoint(work / "train" / "last" / "model.safetensors")
+    assert stage_two.keys() == stage_one.keys()
+    assert stage_two.keys() <= exported.keys()
+    assert all(torch.equal(exported[name], tensor) for name, tensor in stage_two.items())
+    assert not all(torch.equal(stage_one[name], tensor) for name, tensor in stage_two.items())
+
+
+def test_stage_two_starts_from_stage_one_s_last_weights(retrained, tmp_path):
+    """Stage 2's resolved config, one update at learning rate 0: its weights are stage 1's."""
+    work = retrained["work"]
+    demo_retrain.train_module().main(
+        [
+            str(work / "train_stage2" / "config.yaml"),
+            f"train.output_dir={tmp_path}",
+            "train.max_steps=1",
+            "train.lr=0.0",
+            "train.warmup_start_lr=0.0",
+            "train.min_lr=0.0",
+            "data.valid_manifests=[]",
+        ]
+    )
+    started, _, metadata = read_checkpoint(tmp_path / "last" / "model.safetensors")
+    stage_one, _, _ = read_checkpoint(work / "train" / "last" / "model.safetensors")
+    assert metadata["step"] == 1
+    assert started.keys() == stage_one.keys()
+    assert all(torch.equal(started[name], tensor) for name, tensor in stage_one.items())
+    cfg = load_config(tmp_path / "config.yaml")
+    torch.manual_seed(cfg.train.seed)  # as train.py builds: without init_checkpoint, these
+    fresh = build_model(cfg.model)[0].state_dict()
+    assert not all(torch.equal(fresh[name], tensor) for name, tensor in stage_one.items())
+
+
+def test_stage_one_cannot_go_on_under_a_started_stage_two(retrained):
+    work, out = retrained["work"], retrained["out"]
+    sessions = (work / "retrain_sessions.jsonl").read_text()
+    with pytest.raises(SystemExit) as stopped:
+        demo.main([*retrain_command(out, work), "--max-steps", "3", "--stage2-max-steps", "2"])
+    assert str(stopped.value) == (
+        f"{work / 'train_stage2'} has started from stage 1's weights at step 2, and stage 1 is "
+        f"asked for 3 steps: keep --max-steps 2, or delete {work / 'train_stage2'} to train "
+        "stage 2 again after stage 1"
+    )
+    assert (work / "retrain_sessions.jsonl").read_text() == sessions
+
+
+@pytest.mark.parametrize(
+    ("override", "use"),
+    [
+        ("train.output_dir=x", "--work-dir"),
+        ("train.init_checkpoint=x", "stage 1's last checkpoint"),
+        ("train.max_steps=5", "--max-steps and --stage2-max-steps"),
+    ],
+)
+def test_retrain_refuses_overrides_of_what_it_sets_per_stage(tmp_path, override, use):
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(["retrain", "--work-dir", str(tmp_path / "work"), override])
+    key = override.partition("=")[0]
+    assert str(stopped.value) == f"{key} is set per stage by retrain: use {use}"
+    assert not (tmp_path / "work").exists()
 
 
 def test_demo_rebuilds_exactly_the_held_out_sets_of_training(retrained, demo_run):

@@ -3,7 +3,8 @@
     python -m whisper_llada.demo [--model models/demo] [--work-dir exp/demo_run] [--limit N]
         [--threads N]
     python -m whisper_llada.demo retrain [--out models/demo] [--work-dir exp/demo] [--max-steps N]
-        [--train-utterances N] [--held-out-utterances N] [section.key=value ...]
+        [--stage2-max-steps N] [--train-utterances N] [--held-out-utterances N]
+        [section.key=value ...]
 
 The first command is idempotent and resumable:
 1. it synthesises the held-out splits of the model's corpus (`demo_recipe`) into <work>/corpus
@@ -17,7 +18,8 @@ The first command is idempotent and resumable:
 The model directory is what `whisper_llada.export` writes (whisper/, llada/,
 checkpoint.safetensors, config.yaml). Its config.yaml gives the decoding settings (gen_len,
 steps, mask ratio, batch size, device); the weights are taken from the directory itself, so it
-can be moved. `retrain` (see `demo_retrain`) makes such a directory from nothing.
+can be moved. `retrain` (see `demo_retrain`) makes such a directory from nothing, in two training
+stages (configs/demo.yaml, then configs/demo_stage2.yaml).
 """
 
 from __future__ import annotations

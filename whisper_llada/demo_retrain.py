@@ -1,22 +1,33 @@
-"""Retraining the demo model from nothing: base models, corpus, train.py's loop on configs/demo.yaml, export.
+"""Retraining the demo model from nothing: base models, corpus, train.py's two stages, export.
 
     python -m whisper_llada.demo retrain [--out models/demo] [--work-dir exp/demo] [--max-steps N]
-        [--train-utterances N] [--held-out-utterances N] [section.key=value ...]
+        [--stage2-max-steps N] [--train-utterances N] [--held-out-utterances N]
+        [section.key=value ...]
 
 Writes, each step reused when already done:
 
     <work>/base/{whisper,llada}/        the random starting models (`demo_recipe`)
     <work>/corpus/, <work>/manifests/   the synthetic corpus with its training split; lhotse cuts
-    <work>/train/                       train.py's output; a rerun resumes from <work>/train/last
-    <work>/retrain_sessions.jsonl       per `retrain` call: its training wall seconds and steps
-    <out>/                              the export (`whisper_llada.export`) of <work>/train/last
+    <work>/train/                       stage 1, train.py on configs/demo.yaml
+    <work>/train_stage2/                stage 2, train.py on configs/demo_stage2.yaml, starting
+                                        from stage 1's last weights (<work>/train/last)
+    <work>/retrain_sessions.jsonl       per stage trained by a `retrain` call: wall seconds, steps
+    <out>/                              the export (`whisper_llada.export`) of <work>/train_stage2/last
+
+Stage 1 trains every weight from random with MASK canvases; stage 2 fine-tunes them with the
+model's own CTC draft in half of the rows' masked slots (loss.draft_prob), the canvas
+prior-guided decoding starts from. A stage whose last checkpoint has reached its train.max_steps
+is skipped; an unfinished one resumes from its `last`. Stage 1 cannot train further once stage 2
+has started from it. --max-steps sets stage 1's train.max_steps, --stage2-max-steps stage 2's;
+the section.key=value overrides apply to both.
 
 The last checkpoint is exported, not the best: the best one is chosen by a validation loss of
 random masks, a weak guide to decoding quality, and the schedule ends at its minimum learning
-rate. The export's metadata records the recipe, its overrides, DEMO_SEED, the corpus sizes and
-parameters (the demo checks that it rebuilds the same held-out sets), the git commit, the steps and the training wall time summed over the sessions of this work folder
-(training run outside `retrain` is not counted). --train-utterances and --held-out-utterances
-change the corpus: give such a run its own --work-dir.
+rate. The export's metadata records each stage's recipe, overrides, steps and training wall
+time summed over the sessions of this work folder (training run outside `retrain` is not
+counted), DEMO_SEED, the corpus sizes and parameters (the demo checks that it rebuilds the same
+held-out sets) and the git commit. --train-utterances and --held-out-utterances change the
+corpus: give such a run its own --work-dir.
 """
 
 from __future__ import annotations
@@ -28,12 +39,13 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from whisper_llada.build import build_model
-from whisper_llada.checkpoint import load_checkpoint
+from whisper_llada.checkpoint import load_checkpoint, read_checkpoint
 from whisper_llada.config import load_config
 from whisper_llada.demo_recipe import (
     DEMO_SEED,
@@ -45,10 +57,12 @@ from whisper_llada.demo_recipe import (
 )
 from whisper_llada.export import export_model
 from whisper_llada.synthetic_corpus import MARKER_NAME
-from whisper_llada.train_state import WEIGHTS_FILE, last_checkpoint
+from whisper_llada.train_state import LAST_LINK, WEIGHTS_FILE, last_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "configs" / "demo.yaml"
+STAGE2_RECIPE = REPO / "configs" / "demo_stage2.yaml"
+STAGE_DIRS = ("train", "train_stage2")  # in the work folder: stage 1's and stage 2's output
 TRAIN_SCRIPT = REPO / "train.py"
 TRAIN_MODULE = "whisper_llada_train_script"  # the name train.py is loaded under
 VALID_SPLIT = "dev-clean"
@@ -56,13 +70,41 @@ SESSIONS_NAME = "retrain_sessions.jsonl"
 HELD_OUT_KEY = "held_out_utterances"  # in the export's metadata: the demo rebuilds those sets
 CORPUS_SPEC_KEY = "corpus_spec"  # in the export's metadata: the training corpus's parameters
 UNKNOWN_COMMIT = "unknown"
+# Set by `retrain` per stage: an override of theirs would apply to both stages.
+STAGE_KEYS = {
+    "train.output_dir": "--work-dir",
+    "train.init_checkpoint": "stage 1's last checkpoint",
+    "train.max_steps": "--max-steps and --stage2-max-steps",
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One train.py run of the recipe: its YAML, the overrides retrain gives it, its output."""
+
+    number: int
+    recipe: Path
+    output_dir: Path
+    overrides: tuple[str, ...]
+
+    def max_steps(self) -> int:
+        return load_config(self.recipe, self.overrides).train.max_steps
 
 
 def add_retrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("models/demo"), help="export folder")
     parser.add_argument("--work-dir", type=Path, default=Path("exp/demo"))
     parser.add_argument(
-        "--max-steps", type=int, default=None, help="train.max_steps (default: the recipe's)"
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stage 1's train.max_steps (default: demo.yaml's)",
+    )
+    parser.add_argument(
+        "--stage2-max-steps",
+        type=int,
+        default=None,
+        help="stage 2's train.max_steps (default: demo_stage2.yaml's)",
     )
     parser.add_argument("--train-utterances", type=int, default=TRAIN_UTTERANCES)
     parser.add_argument(
@@ -72,7 +114,9 @@ def add_retrain_arguments(parser: argparse.ArgumentParser) -> None:
         help="cap on every held-out split (default: demo_recipe's sizes)",
     )
     parser.add_argument(
-        "overrides", nargs="*", help="section.key=value for the recipe, e.g. train.device=cuda"
+        "overrides",
+        nargs="*",
+        help="section.key=value for both stages' recipes, e.g. train.device=cuda",
     )
 
 
@@ -81,6 +125,7 @@ def run_retrain(args: argparse.Namespace) -> Path:
         args.out,
         args.work_dir,
         max_steps=args.max_steps,
+        stage2_max_steps=args.stage2_max_steps,
         train_utterances=args.train_utterances,
         held_out_utterances=args.held_out_utterances,
         overrides=args.overrides,
@@ -92,13 +137,19 @@ def retrain(
     work_dir: Path,
     *,
     max_steps: int | None = None,
+    stage2_max_steps: int | None = None,
     train_utterances: int = TRAIN_UTTERANCES,
     held_out_utterances: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> Path:
     """Everything the module docstring lists; returns the exported config.yaml."""
-    if max_steps is not None and max_steps < 1:
-        raise SystemExit(f"--max-steps must be at least 1, got {max_steps}")
+    for name, value in (("--max-steps", max_steps), ("--stage2-max-steps", stage2_max_steps)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{name} must be at least 1, got {value}")
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if key in STAGE_KEYS:
+            raise SystemExit(f"{key} is set per stage by retrain: use {STAGE_KEYS[key]}")
     base = write_base_models(work_dir / "base")
     corpus = build_demo_corpus(
         work_dir / "corpus",
@@ -107,31 +158,111 @@ def retrain(
         held_out_utterances=held_out_utterances,
     )
     manifests = prepare_demo_manifests(corpus, work_dir / "manifests")
-    train_dir = work_dir / "train"
-    recipe_overrides = [
+    shared = (
         f"model.whisper_path={base / 'whisper'}",
         f"model.llada_path={base / 'llada'}",
         f"data.train_manifests=[{manifests[TRAIN_SPLIT]}]",
         f"data.valid_manifests=[{manifests[VALID_SPLIT]}]",
-        f"train.output_dir={train_dir}",
-        *([f"train.max_steps={max_steps}"] if max_steps is not None else []),
-        *overrides,
-    ]
-    started = time.perf_counter()
-    progress = train_module().main([str(RECIPE), *recipe_overrides])
-    sessions = record_session(work_dir, time.perf_counter() - started, progress.step)
+    )
+    stages = plan_stages(work_dir, shared, (max_steps, stage2_max_steps), tuple(overrides))
+    check_stage_order(*stages)
+    for stage in stages:
+        run_stage(stage, work_dir)
+    sessions = read_sessions(work_dir)
+    records = [stage_record(stage, sessions) for stage in stages]
     metadata = {
-        "recipe": str(RECIPE.relative_to(REPO)),
-        "overrides": recipe_overrides,
+        "stages": records,
+        "train_wall_seconds": round(sum(r["train_wall_seconds"] for r in records), 1),
         "demo_seed": DEMO_SEED,
         "train_utterances": train_utterances,
         HELD_OUT_KEY: held_out_utterances,
         CORPUS_SPEC_KEY: json.loads((corpus / MARKER_NAME).read_text()),
         "git_commit": git_commit(),
-        "train_wall_seconds": round(sum(s["seconds"] for s in sessions), 1),
-        "train_sessions": len(sessions),
     }
-    return export_last(train_dir, out_dir, metadata)
+    return export_last(stages[-1].output_dir, out_dir, metadata)
+
+
+def plan_stages(
+    work_dir: Path,
+    shared: tuple[str, ...],
+    max_steps: tuple[int | None, int | None],
+    overrides: tuple[str, ...],
+) -> tuple[Stage, Stage]:
+    """Stage 1 on demo.yaml, stage 2 on demo_stage2.yaml from stage 1's last weights.
+
+    `shared`: the overrides pointing both recipes at the work folder's models and manifests;
+    `max_steps`: each stage's train.max_steps (None: its recipe's); `overrides`: the user's, last.
+    """
+    first_dir, second_dir = (work_dir / name for name in STAGE_DIRS)
+    first_steps, second_steps = (
+        () if steps is None else (f"train.max_steps={steps}",) for steps in max_steps
+    )
+    first = Stage(
+        1,
+        RECIPE,
+        first_dir,
+        (*shared, f"train.output_dir={first_dir}", *first_steps, *overrides),
+    )
+    second = Stage(
+        2,
+        STAGE2_RECIPE,
+        second_dir,
+        (
+            *shared,
+            f"train.output_dir={second_dir}",
+            f"train.init_checkpoint={first_dir / LAST_LINK / WEIGHTS_FILE}",
+            *second_steps,
+            *overrides,
+        ),
+    )
+    return first, second
+
+
+def trained_steps(output_dir: Path) -> int:
+    """Updates of a train.py run's last checkpoint (0 before its first)."""
+    folder = last_checkpoint(output_dir)
+    if folder is None:
+        return 0
+    _, _, metadata = read_checkpoint(folder / WEIGHTS_FILE)
+    return metadata["step"]
+
+
+def check_stage_order(first: Stage, second: Stage) -> None:
+    """Stop before stage 1 trains further under a stage 2 that has started from its weights."""
+    if last_checkpoint(second.output_dir) is None:
+        return
+    done, wanted = trained_steps(first.output_dir), first.max_steps()
+    if done < wanted:
+        keep = f"keep --max-steps {done}, or " if done else ""
+        raise SystemExit(
+            f"{second.output_dir} has started from stage 1's weights at step {done}, and stage 1 "
+            f"is asked for {wanted} steps: {keep}delete {second.output_dir} to train stage 2 "
+            "again after stage 1"
+        )
+
+
+def run_stage(stage: Stage, work_dir: Path) -> None:
+    """Train `stage` up to its train.max_steps (resuming its `last`), or skip it if it is there."""
+    done, wanted = trained_steps(stage.output_dir), stage.max_steps()
+    if done >= wanted:
+        print(f"stage {stage.number} ({stage.output_dir}) has {done} of {wanted} steps: skipped")
+        return
+    started = time.perf_counter()
+    progress = train_module().main([str(stage.recipe), *stage.overrides])
+    record_session(work_dir, stage.number, time.perf_counter() - started, progress.step)
+
+
+def stage_record(stage: Stage, sessions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stage's part of the export's metadata: recipe, overrides, steps, its training time."""
+    # Lines written before stage 2 existed have no "stage": they were stage 1's.
+    mine = [s for s in sessions if s.get("stage", 1) == stage.number]
+    return {
+        "recipe": str(stage.recipe.relative_to(REPO)),
+        "overrides": list(stage.overrides),
+        "steps": trained_steps(stage.output_dir),
+        "train_wall_seconds": round(sum(s["seconds"] for s in mine), 1),
+        "train_sessions": len(mine),
+    }
 
 
 def write_base_models(base_dir: Path) -> Path:
@@ -163,11 +294,18 @@ def train_module() -> ModuleType:
     return module
 
 
-def record_session(work_dir: Path, seconds: float, step: int) -> list[dict[str, Any]]:
-    """Append this call's training time to the work folder's sessions; return them all."""
+def record_session(work_dir: Path, stage: int, seconds: float, step: int) -> None:
+    """Append one stage's training time in this call to the work folder's sessions."""
+    entry = {"stage": stage, "seconds": round(seconds, 1), "step": step}
+    with (work_dir / SESSIONS_NAME).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def read_sessions(work_dir: Path) -> list[dict[str, Any]]:
+    """Every session recorded in the work folder (none when no stage trained here)."""
     path = work_dir / SESSIONS_NAME
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps({"seconds": round(seconds, 1), "step": step}) + "\n")
+    if not path.is_file():
+        return []
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
