@@ -1,7 +1,7 @@
 """The demo model's recipe: its synthetic corpus, its held-out test sets and its starting models.
 
-The shipped demo model (models/demo) was trained by `python -m whisper_llada.demo retrain`, which
-follows this module; `python -m whisper_llada.demo` rebuilds only the held-out sets and decodes
+The demo model (models/demo) is trained by `python -m whisper_llada.demo retrain` in two stages
+(configs/demo.yaml, then configs/demo_stage2.yaml) on the corpus of this module; `python -m whisper_llada.demo` rebuilds only the held-out sets and decodes
 them. Everything follows from DEMO_SEED, so the rebuilt test sets are exactly those the model was
 evaluated on during development, and their sentences never occur in training.
 
