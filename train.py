@@ -385,7 +385,12 @@ def validate(run: Run, valid: list[CutSet]) -> dict[str, float | None]:
     cfg = run.cfg
     run.model.eval()
     generator = torch.Generator(run.device).manual_seed(cfg.train.seed)
-    dataset = SpeechDataset(run.tokenizer, cfg.audio, skip_bad_audio=cfg.data.skip_bad_audio)
+    dataset = SpeechDataset(
+        run.tokenizer,
+        cfg.audio,
+        skip_bad_audio=cfg.data.skip_bad_audio,
+        feature_cache=cfg.data.feature_cache,
+    )
     loader = data_loader(dataset, valid, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     loss_sum, count = 0.0, 0
     wanted = cfg.train.valid_wer_utterances if run.info.is_main and run.model.ctc_head else 0
@@ -475,7 +480,10 @@ def train(run: Run, sampler: ResumableSampler, valid: list[CutSet], stop_at: int
     """The loop: update; then log, validate and checkpoint when their step counts come."""
     cfg, progress = run.cfg.train, run.progress
     dataset = SpeechDataset(
-        run.tokenizer, run.cfg.audio, skip_bad_audio=run.cfg.data.skip_bad_audio
+        run.tokenizer,
+        run.cfg.audio,
+        skip_bad_audio=run.cfg.data.skip_bad_audio,
+        feature_cache=run.cfg.data.feature_cache,
     )
     loader = data_loader(
         dataset,

@@ -182,6 +182,11 @@ class DataConfig:
     shuffle: bool = True
     num_workers: int = 2
     skip_bad_audio: bool = True  # a missing / corrupt file is skipped with a counted warning
+    # A folder of per-utterance log-mel features (feature_cache.py), "" = off: the first epoch
+    # computes and stores them, later ones read them back, bit for bit what computing gives.
+    # Keyed by cut id, audio path, file size and mtime, segment, audio settings and library
+    # versions, so an edited file or changed audio config is recomputed; shared by ranks.
+    feature_cache: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ resumed sampler (`load_state_dict`, lhotse's fast-forward) then yields the batch
 uninterrupted run would have seen.
 
 `SpeechDataset` turns a batch of cuts into log-mel features and token ids with the project's
-audio rules (`manifest.load_wave`, `audio.batch_features`). A missing or corrupt file raises
+audio rules (`manifest.load_wave`, `audio.batch_features`), or with `data.feature_cache` reads
+them from a `feature_cache.FeatureCache` (equal bit for bit). A missing or corrupt file raises
 AudioError naming it, or with `skip_bad_audio` is dropped from its batch and reported in
 `TrainingBatch.bad` for the loop to count; a batch whose every file is bad comes back empty.
 """
@@ -39,14 +40,14 @@ from lhotse.cut import Cut, MultiCut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from lhotse.utils import fastcopy
 
-from whisper_llada.audio import SAMPLE_RATE, AudioError, audio_seconds, batch_features
+from whisper_llada.audio import SAMPLE_RATE, AudioError
 from whisper_llada.config import AudioConfig, DataConfig
+from whisper_llada.feature_cache import FeatureCache, stack_features, utterance_features
 from whisper_llada.manifest import (
     GZIP_MAGIC,
     LHOTSE_CUT_TYPES,
     ManifestError,
     Utterance,
-    load_wave,
     read_manifest,
     utterance_seconds,
 )
@@ -268,46 +269,50 @@ class SpeechDataset(torch.utils.data.Dataset):
         audio_cfg: max_seconds / too_long for reading, n_mels / pad_to_30s / min_seconds for
             the features.
         skip_bad_audio: drop utterances whose audio raises AudioError instead of raising.
+        feature_cache: a FeatureCache folder (`data.feature_cache`); "" computes every time.
     """
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerFast, audio_cfg: AudioConfig, *, skip_bad_audio: bool
+        self,
+        tokenizer: PreTrainedTokenizerFast,
+        audio_cfg: AudioConfig,
+        *,
+        skip_bad_audio: bool,
+        feature_cache: str = "",
     ) -> None:
         self.tokenizer = tokenizer
         self.audio_cfg = audio_cfg
         self.skip_bad_audio = skip_bad_audio
+        self.cache = FeatureCache(feature_cache, audio_cfg) if feature_cache else None
 
     def __getitem__(self, request: BatchRequest | CutSet) -> TrainingBatch:
         cuts, state = request if isinstance(request, BatchRequest) else (request, None)
-        waves, utterances, bad = [], [], []
+        rows, utterances, bad = [], [], []
         for cut in cuts:
             utt = cut_utterance(cut)
             try:
-                wave = load_wave(
-                    utt, max_seconds=self.audio_cfg.max_seconds, too_long=self.audio_cfg.too_long
+                row = (
+                    utterance_features(utt, self.audio_cfg)
+                    if self.cache is None
+                    else self.cache.features(utt)
                 )
             except AudioError as error:
                 if not self.skip_bad_audio:
                     raise
                 bad.append(str(error))
                 continue
-            waves.append(wave)
+            rows.append(row)
             utterances.append(utt)
-        if not waves:
+        if not rows:
             return TrainingBatch(None, [], [], 0.0, bad=bad, sampler_state=state)
-        mel, mel_lengths = batch_features(
-            waves,
-            self.audio_cfg.n_mels,
-            pad_to_30s=self.audio_cfg.pad_to_30s,
-            min_seconds=self.audio_cfg.min_seconds,
-        )  # (B, n_mels, T), (B,)
+        mel, mel_lengths = stack_features([row.mel for row in rows])  # (B, n_mels, T), (B,)
         texts = [utt.text for utt in utterances]
         speech = SpeechBatch(mel, mel_lengths, [text_ids(self.tokenizer, t) for t in texts])
         return TrainingBatch(
             speech,
             [utt.id for utt in utterances],
             texts,
-            sum(audio_seconds(wave) for wave in waves),
+            sum(row.seconds for row in rows),
             bad=bad,
             sampler_state=state,
         )
