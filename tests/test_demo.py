@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from whisper_llada import demo, demo_recipe, demo_retrain
+from whisper_llada import demo, demo_recipe, demo_retrain, train_launch
 from whisper_llada.build import build_model
 from whisper_llada.checkpoint import load_checkpoint, read_checkpoint
 from whisper_llada.config import load_config, to_dict
@@ -304,6 +305,7 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
             *shared, f"train.output_dir={work / 'train'}", "train.max_steps=2", *RECIPE_OVERRIDES
         ],
         "steps": 2,
+        "nproc_per_node": 1,
         "train_sessions": 1,
     }  # fmt: skip
     assert {k: v for k, v in second.items() if k != "train_wall_seconds"} == {
@@ -316,6 +318,7 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
             *RECIPE_OVERRIDES,
         ],
         "steps": 2,
+        "nproc_per_node": 1,
         "train_sessions": 2,
     }
     for stage, record in ((1, first), (2, second)):
@@ -352,7 +355,7 @@ def test_the_export_holds_stage_two_s_last_weights(retrained):
 def test_stage_two_starts_from_stage_one_s_last_weights(retrained, tmp_path):
     """Stage 2's resolved config, one update at learning rate 0: its weights are stage 1's."""
     work = retrained["work"]
-    demo_retrain.train_module().main(
+    train_launch.train_module().main(
         [
             str(work / "train_stage2" / "config.yaml"),
             f"train.output_dir={tmp_path}",
@@ -401,6 +404,141 @@ def test_retrain_refuses_overrides_of_what_it_sets_per_stage(tmp_path, override,
     key = override.partition("=")[0]
     assert str(stopped.value) == f"{key} is set per stage by retrain: use {use}"
     assert not (tmp_path / "work").exists()
+
+
+# ---- Stages under torchrun (--nproc-per-node)
+
+
+def set_saved_world_size(output_dir: Path, world_size: int) -> None:
+    """Rewrite the world size in a run's last train_state.pt, as if that many processes saved it."""
+    path = output_dir / "last" / "train_state.pt"
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "world_size": world_size}, path)
+
+
+def test_retrain_refuses_to_resume_a_stage_saved_by_other_processes(retrained, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "model"
+    shutil.copytree(retrained["work"], work, symlinks=True)
+    for stage in ("train", "train_stage2"):
+        set_saved_world_size(work / stage, 2)
+    sessions = (work / "retrain_sessions.jsonl").read_text()
+    with pytest.raises(SystemExit) as stopped:
+        demo.main([*retrain_command(out, work), "--max-steps", "2", "--stage2-max-steps", "3"])
+    # Stage 1 has its 2 steps: skipped, whoever saved it. Stage 2 would resume.
+    assert str(stopped.value) == (
+        f"stage 2's last checkpoint in {work / 'train_stage2'} was saved by 2 process(es), and "
+        "train.py resumes it only with as many (their data positions and random streams are per "
+        "process): run retrain with --nproc-per-node 2, or delete "
+        f"{work / 'train_stage2'} to train stage 2 again"
+    )
+    assert (work / "retrain_sessions.jsonl").read_text() == sessions
+    assert demo_retrain.trained_steps(work / "train_stage2") == 2
+    assert not out.exists()
+    # Both finished: exported, with the processes that saved them.
+    demo.main([*retrain_command(out, work), "--max-steps", "2", "--stage2-max-steps", "2"])
+    _, _, metadata = read_checkpoint(out / "checkpoint.safetensors")
+    assert [stage["nproc_per_node"] for stage in metadata["stages"]] == [2, 2]
+    assert (work / "retrain_sessions.jsonl").read_text() == sessions
+
+
+def test_retrain_needs_at_least_one_process(tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(["retrain", "--work-dir", str(tmp_path / "work"), "--nproc-per-node", "0"])
+    assert str(stopped.value) == "--nproc-per-node must be at least 1, got 0"
+    assert not (tmp_path / "work").exists()
+
+
+def test_retrain_under_torchrun_runs_from_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(["retrain", "--work-dir", "work", "--nproc-per-node", "2"])
+    assert str(stopped.value) == (
+        f"--nproc-per-node 2 launches train.py from the repository root: run retrain from {REPO}"
+    )
+    assert not (tmp_path / "work").exists()
+
+
+def test_torchrun_command_environment_and_folder(monkeypatch, capsys):
+    launched = []
+
+    def run(command, *, cwd, env):
+        launched.append((command, cwd, env["OMP_NUM_THREADS"]))
+        return subprocess.CompletedProcess(command, 3)
+
+    monkeypatch.setattr(train_launch.subprocess, "run", run)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert train_launch.run_torchrun(2, ["configs/demo.yaml", "train.seed=1"]) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert train_launch.run_torchrun(3, ["configs/demo.yaml"]) == 3
+    python = train_launch.sys.executable
+    command = [python, "-m", "torch.distributed.run", "--standalone"]
+    assert launched == [
+        ([*command, "--nproc_per_node=2", str(REPO / "train.py"), "configs/demo.yaml", "train.seed=1"], REPO, "1"),
+        ([*command, "--nproc_per_node=3", str(REPO / "train.py"), "configs/demo.yaml"], REPO, "4"),
+    ]  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{python} -m torch.distributed.run --standalone --nproc_per_node=2 {REPO / 'train.py'} "
+        "configs/demo.yaml train.seed=1"
+    )
+
+
+def copy_corpus(retrained: dict[str, Path], work: Path) -> None:
+    """The retrained work folder's base models and corpus in `work` (nothing to synthesise)."""
+    for part in ("base", "corpus"):
+        shutil.copytree(retrained["work"] / part, work / part)
+
+
+@pytest.mark.slow
+def test_retrain_with_two_processes_per_stage(retrained, tmp_path, monkeypatch, capfd):
+    """The shortened retrain under torchrun: the same metadata as in-process, but 2 processes."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    work, out = tmp_path / "work", tmp_path / "model"
+    copy_corpus(retrained, work)
+    steps = ["--max-steps", "2", "--stage2-max-steps", "2"]
+    demo.main([*retrain_command(out, work), *steps, "--nproc-per-node", "2"])
+    printed = capfd.readouterr()
+    for recipe in ("demo.yaml", "demo_stage2.yaml"):
+        launched = f"--nproc_per_node=2 {REPO / 'train.py'} {REPO / 'configs' / recipe} "
+        assert launched in printed.out
+    assert printed.out.count("new run: 2 process(es) on cpu, fp32") == 2  # streamed from rank 0
+    assert "Setting OMP_NUM_THREADS" not in printed.err  # torchrun's warning: retrain set it
+    sessions = [
+        json.loads(line) for line in (work / "retrain_sessions.jsonl").read_text().splitlines()
+    ]
+    assert [(s["stage"], s["step"]) for s in sessions] == [(1, 2), (2, 2)]
+    for stage in ("train", "train_stage2"):
+        _, _, saved = read_checkpoint(work / stage / "last" / "model.safetensors")
+        assert saved["world_size"] == 2
+        assert len(saved["rank_checksums"]) == 2
+    _, _, metadata = read_checkpoint(out / "checkpoint.safetensors")
+    _, _, in_process = read_checkpoint(retrained["out"] / "checkpoint.safetensors")
+    in_process = json.loads(json.dumps(in_process).replace(str(retrained["work"]), str(work)))
+    assert list(metadata) == list(in_process)
+    differ = ("nproc_per_node", "train_wall_seconds", "train_sessions")
+    for mine, theirs in zip(metadata["stages"], in_process["stages"], strict=True):
+        assert list(mine) == list(theirs)
+        assert {k: v for k, v in mine.items() if k not in differ} == {
+            k: v for k, v in theirs.items() if k not in differ
+        }
+        assert (mine["nproc_per_node"], mine["train_sessions"]) == (2, 1)
+    for key in ("stages", "train_wall_seconds", "valid_loss"):  # valid_loss: other batches
+        del metadata[key], in_process[key]
+    assert metadata == in_process
+
+
+@pytest.mark.slow
+def test_retrain_stops_when_torchrun_fails(retrained, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "model"
+    copy_corpus(retrained, work)
+    with pytest.raises(SystemExit) as stopped:
+        # train.py's own check stops both processes
+        demo.main([*retrain_command(out, work), "train.log_every=0", "--nproc-per-node", "2"])
+    assert str(stopped.value) == (
+        "stage 1 failed: torchrun exited with code 1 (its output is above); once the cause is "
+        f"fixed, the same retrain command goes on from the stage's last checkpoint in "
+        f"{work / 'train'}, if it has one"
+    )
+    assert not (work / "retrain_sessions.jsonl").exists()
 
 
 def test_demo_rebuilds_exactly_the_held_out_sets_of_training(retrained, demo_run):

@@ -3,8 +3,8 @@
     python -m whisper_llada.demo [--model models/demo] [--work-dir exp/demo_run] [--limit N]
         [--threads N]
     python -m whisper_llada.demo retrain [--out models/demo] [--work-dir exp/demo] [--max-steps N]
-        [--stage2-max-steps N] [--train-utterances N] [--held-out-utterances N]
-        [section.key=value ...]
+        [--stage2-max-steps N] [--nproc-per-node N] [--train-utterances N]
+        [--held-out-utterances N] [section.key=value ...]
 
 The first command is idempotent and resumable:
 1. it synthesises the held-out splits of the model's corpus (`demo_recipe`) into <work>/corpus

@@ -1,8 +1,8 @@
 """Retraining the demo model from nothing: base models, corpus, train.py's two stages, export.
 
     python -m whisper_llada.demo retrain [--out models/demo] [--work-dir exp/demo] [--max-steps N]
-        [--stage2-max-steps N] [--train-utterances N] [--held-out-utterances N]
-        [section.key=value ...]
+        [--stage2-max-steps N] [--nproc-per-node N] [--train-utterances N]
+        [--held-out-utterances N] [section.key=value ...]
 
 Writes, each step reused when already done:
 
@@ -21,27 +21,35 @@ is skipped; an unfinished one resumes from its `last`. Stage 1 cannot train furt
 has started from it. --max-steps sets stage 1's train.max_steps, --stage2-max-steps stage 2's;
 the section.key=value overrides apply to both.
 
+With --nproc-per-node 1 (the default) a stage runs train.py's main in this process. With N > 1
+(the demo model's stage 1 was trained with `OMP_NUM_THREADS=1 torchrun --standalone
+--nproc_per_node=2 train.py configs/demo.yaml` on a 2-core machine) each stage with steps to run
+is launched as `python -m torch.distributed.run --standalone --nproc_per_node=N train.py <recipe>
+<overrides>` from the repository root (`train_launch`; retrain must run from there too, so that
+relative paths keep their meaning), with OMP_NUM_THREADS=1 unless it is set.
+train.py resumes a checkpoint only with the number of processes that saved it (data positions
+and random streams are per process): a stage to resume with another number is refused before
+any stage trains.
+
 The last checkpoint is exported, not the best: the best one is chosen by a validation loss of
 random masks, a weak guide to decoding quality, and the schedule ends at its minimum learning
-rate. The export's metadata records each stage's recipe, overrides, steps and training wall
-time summed over the sessions of this work folder (training run outside `retrain` is not
-counted), DEMO_SEED, the corpus sizes and parameters (the demo checks that it rebuilds the same
-held-out sets) and the git commit. --train-utterances and --held-out-utterances change the
-corpus: give such a run its own --work-dir.
+rate. The export's metadata records each stage's recipe, overrides, steps, processes
+(nproc_per_node: those that saved its last checkpoint) and training wall time summed over the
+sessions of this work folder (training run outside `retrain` is not counted), DEMO_SEED, the
+corpus sizes and parameters (the demo checks that it rebuilds the same held-out sets) and the
+git commit. --train-utterances and --held-out-utterances change the corpus: give such a run its
+own --work-dir.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from whisper_llada.build import build_model
@@ -57,14 +65,12 @@ from whisper_llada.demo_recipe import (
 )
 from whisper_llada.export import export_model
 from whisper_llada.synthetic_corpus import MARKER_NAME
+from whisper_llada.train_launch import REPO, run_torchrun, saved_world_size, train_module
 from whisper_llada.train_state import LAST_LINK, WEIGHTS_FILE, last_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "configs" / "demo.yaml"
 STAGE2_RECIPE = REPO / "configs" / "demo_stage2.yaml"
 STAGE_DIRS = ("train", "train_stage2")  # in the work folder: stage 1's and stage 2's output
-TRAIN_SCRIPT = REPO / "train.py"
-TRAIN_MODULE = "whisper_llada_train_script"  # the name train.py is loaded under
 VALID_SPLIT = "dev-clean"
 SESSIONS_NAME = "retrain_sessions.jsonl"
 HELD_OUT_KEY = "held_out_utterances"  # in the export's metadata: the demo rebuilds those sets
@@ -106,6 +112,13 @@ def add_retrain_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stage 2's train.max_steps (default: demo_stage2.yaml's)",
     )
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        help="training processes per stage: 1 runs train.py in this process, N > 1 under "
+        "torchrun (a stage resumes only with the number that saved it)",
+    )
     parser.add_argument("--train-utterances", type=int, default=TRAIN_UTTERANCES)
     parser.add_argument(
         "--held-out-utterances",
@@ -126,6 +139,7 @@ def run_retrain(args: argparse.Namespace) -> Path:
         args.work_dir,
         max_steps=args.max_steps,
         stage2_max_steps=args.stage2_max_steps,
+        nproc_per_node=args.nproc_per_node,
         train_utterances=args.train_utterances,
         held_out_utterances=args.held_out_utterances,
         overrides=args.overrides,
@@ -138,14 +152,25 @@ def retrain(
     *,
     max_steps: int | None = None,
     stage2_max_steps: int | None = None,
+    nproc_per_node: int = 1,
     train_utterances: int = TRAIN_UTTERANCES,
     held_out_utterances: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> Path:
     """Everything the module docstring lists; returns the exported config.yaml."""
-    for name, value in (("--max-steps", max_steps), ("--stage2-max-steps", stage2_max_steps)):
+    for name, value in (
+        ("--max-steps", max_steps),
+        ("--stage2-max-steps", stage2_max_steps),
+        ("--nproc-per-node", nproc_per_node),
+    ):
         if value is not None and value < 1:
             raise SystemExit(f"{name} must be at least 1, got {value}")
+    if nproc_per_node > 1 and Path.cwd().resolve() != REPO:
+        # Relative paths (--work-dir's, the overrides') must mean the same folders to torchrun.
+        raise SystemExit(
+            f"--nproc-per-node {nproc_per_node} launches train.py from the repository root: "
+            f"run retrain from {REPO}"
+        )
     for override in overrides:
         key = override.partition("=")[0].strip()
         if key in STAGE_KEYS:
@@ -167,7 +192,9 @@ def retrain(
     stages = plan_stages(work_dir, shared, (max_steps, stage2_max_steps), tuple(overrides))
     check_stage_order(*stages)
     for stage in stages:
-        run_stage(stage, work_dir)
+        check_process_count(stage, nproc_per_node)
+    for stage in stages:
+        run_stage(stage, work_dir, nproc_per_node)
     sessions = read_sessions(work_dir)
     records = [stage_record(stage, sessions) for stage in stages]
     metadata = {
@@ -241,25 +268,55 @@ def check_stage_order(first: Stage, second: Stage) -> None:
         )
 
 
-def run_stage(stage: Stage, work_dir: Path) -> None:
-    """Train `stage` up to its train.max_steps (resuming its `last`), or skip it if it is there."""
+def check_process_count(stage: Stage, nproc_per_node: int) -> None:
+    """Stop before `stage` resumes with other processes than those that saved its checkpoint."""
+    saved = saved_world_size(stage.output_dir)
+    if saved in (None, nproc_per_node) or trained_steps(stage.output_dir) >= stage.max_steps():
+        return  # nothing to resume, the same processes, or finished (skipped)
+    raise SystemExit(
+        f"stage {stage.number}'s last checkpoint in {stage.output_dir} was saved by {saved} "
+        f"process(es), and train.py resumes it only with as many (their data positions and "
+        f"random streams are per process): run retrain with --nproc-per-node {saved}, or "
+        f"delete {stage.output_dir} to train stage {stage.number} again"
+    )
+
+
+def run_stage(stage: Stage, work_dir: Path, nproc_per_node: int) -> None:
+    """Train `stage` up to its train.max_steps (resuming its `last`), or skip it if it is there.
+
+    One process runs train.py's main here; more are launched under torchrun. Either way the
+    session records the step of the checkpoint the stage left in its output folder.
+    """
     done, wanted = trained_steps(stage.output_dir), stage.max_steps()
     if done >= wanted:
         print(f"stage {stage.number} ({stage.output_dir}) has {done} of {wanted} steps: skipped")
         return
+    train_args = [str(stage.recipe), *stage.overrides]
     started = time.perf_counter()
-    progress = train_module().main([str(stage.recipe), *stage.overrides])
-    record_session(work_dir, stage.number, time.perf_counter() - started, progress.step)
+    if nproc_per_node == 1:
+        train_module().main(train_args)
+    else:
+        print(f"stage {stage.number}: {nproc_per_node} processes under torchrun", flush=True)
+        code = run_torchrun(nproc_per_node, train_args)
+        if code != 0:
+            raise SystemExit(
+                f"stage {stage.number} failed: torchrun exited with code {code} (its output is "
+                "above); once the cause is fixed, the same retrain command goes on from the "
+                f"stage's last checkpoint in {stage.output_dir}, if it has one"
+            )
+    seconds = time.perf_counter() - started
+    record_session(work_dir, stage.number, seconds, trained_steps(stage.output_dir))
 
 
 def stage_record(stage: Stage, sessions: list[dict[str, Any]]) -> dict[str, Any]:
-    """A stage's part of the export's metadata: recipe, overrides, steps, its training time."""
+    """A stage's part of the export's metadata: recipe, overrides, steps, processes, time."""
     # Lines written before stage 2 existed have no "stage": they were stage 1's.
     mine = [s for s in sessions if s.get("stage", 1) == stage.number]
     return {
         "recipe": str(stage.recipe.relative_to(REPO)),
         "overrides": list(stage.overrides),
         "steps": trained_steps(stage.output_dir),
+        "nproc_per_node": saved_world_size(stage.output_dir),
         "train_wall_seconds": round(sum(s["seconds"] for s in mine), 1),
         "train_sessions": len(mine),
     }
@@ -279,19 +336,6 @@ def write_base_models(base_dir: Path) -> Path:
     write_demo_base_models(staging)
     staging.rename(base_dir)
     return base_dir
-
-
-def train_module() -> ModuleType:
-    """train.py of this checkout, loaded by path (it is a script, not part of the package)."""
-    if not TRAIN_SCRIPT.is_file():
-        raise SystemExit(f"{TRAIN_SCRIPT} not found: retrain runs from a checkout of the project")
-    if TRAIN_MODULE in sys.modules:
-        return sys.modules[TRAIN_MODULE]
-    spec = importlib.util.spec_from_file_location(TRAIN_MODULE, TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[TRAIN_MODULE] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def record_session(work_dir: Path, stage: int, seconds: float, step: int) -> None:
