@@ -129,24 +129,24 @@ def _train_tiny_tokenizer(
     return tokenizer
 
 
+def _added_tokens(tokenizer, tokens) -> dict[str, dict]:
+    """tokenizer_config.json's added_tokens_decoder entries of the special `tokens`, by id."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    return {str(vocab[t]): {"content": t, **flags, "special": True} for t in tokens}
+
+
+def _write_json_files(out_dir: Path, files: dict[str, dict]) -> None:
+    for filename, content in files.items():
+        (out_dir / filename).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+
+
 def _tokenizer_config(tokenizer) -> dict:
     """tokenizer_config.json in the LLaDA-8B-Instruct layout."""
-    vocab = tokenizer.get_vocab(with_added_tokens=True)
-    added = {
-        str(vocab[token]): {
-            "content": token,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": True,
-        }
-        for token in LLADA_SPECIAL_TOKENS
-    }
     return {
         "add_bos_token": False,
         "add_eos_token": False,
-        "added_tokens_decoder": added,
+        "added_tokens_decoder": _added_tokens(tokenizer, LLADA_SPECIAL_TOKENS),
         "bos_token": BOS_TOKEN,
         "chat_template": CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
@@ -223,8 +223,7 @@ def write_tiny_llada(
         "special_tokens_map.json": special,
         "generation_config.json": {**ids, "pad_token_id": config.pad_token_id},
     }
-    for filename, content in files.items():
-        (out_dir / filename).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    _write_json_files(out_dir, files)
     return out_dir
 
 
@@ -292,20 +291,9 @@ def write_tiny_llama(
     shard_bytes = _shard_limit(model.state_dict(), num_shards)
     model.save_pretrained(out_dir, max_shard_size=shard_bytes)
     tokenizer.save(str(out_dir / "tokenizer.json"))
-    added = {
-        str(vocab[token]): {
-            "content": token,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": True,
-        }
-        for token in llama3_special_tokens()
-    }
     files = {
         "tokenizer_config.json": {
-            "added_tokens_decoder": added,
+            "added_tokens_decoder": _added_tokens(tokenizer, llama3_special_tokens()),
             "bos_token": BEGIN_OF_TEXT_TOKEN,
             "chat_template": LLAMA3_CHAT_TEMPLATE,
             "clean_up_tokenization_spaces": True,
@@ -316,8 +304,7 @@ def write_tiny_llama(
         },
         "special_tokens_map.json": {"bos_token": BEGIN_OF_TEXT_TOKEN, "eos_token": EOT_TOKEN},
     }
-    for filename, content in files.items():
-        (out_dir / filename).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    _write_json_files(out_dir, files)
     return out_dir
 
 
