@@ -218,6 +218,41 @@ def test_show_drafts_fills_masked_slots_of_chosen_rows_with_the_draft():
     assert torch.equal(show_drafts(noisy, masked, drafts, 0.0, mask), noisy)
 
 
+def test_align_drafts_lays_each_draft_token_on_the_transcript_slot_it_aligns_with():
+    from whisper_llada.objective import align_drafts
+
+    mask = 9
+    drafts = [[1, 3, 4], [5, 6, 7, 8], [], [2, 2]]
+    targets = [[1, 2, 3], [5, 7, 8], [2, 2], [2, 2]]
+    # row 0: 2 deleted, 4 inserted; row 1: 6 inserted; row 2: all deleted; row 3: exact
+    assert align_drafts(drafts, targets, mask) == [[1, mask, 3], [5, 7, 8], [mask, mask], [2, 2]]
+
+
+def test_edit_distance_drafts_show_the_aligned_token_where_position_drafts_shift(
+    tiny_config, speech
+):
+    cfg = tiny_config("model.lora.r=0")
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg.model)
+    batch = make_batch(speech, tokenizer, cfg)
+    batch.text_ids[0] = [7, 8, 9]
+    draft = [6, 7, 8, 9]  # one inserted token shifts every position-shown slot
+    seen = []
+    original = model.answer_logits
+    model.answer_logits = lambda audio, noisy: seen.append(noisy) or original(audio, noisy)
+    ctc_decode = "whisper_llada.objective.ctc_greedy_decode"
+    drafts = [draft] + [[] for _ in batch.text_ids[1:]]
+    loss_cfg = dataclasses.replace(cfg.loss, draft_prob=1.0, full_mask_prob=1.0)
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad():
+        patch.setattr(ctc_decode, lambda logits, lengths: drafts)
+        for alignment in ("position", "edit_distance"):
+            loss_cfg = dataclasses.replace(loss_cfg, draft_alignment=alignment)
+            training_loss(model, batch, cfg.model, loss_cfg, torch.Generator().manual_seed(0))
+    mask = model.special.mask
+    assert seen[0][0, :4].tolist() == [6, 7, 8, 9]
+    assert seen[1][0, :4].tolist() == [7, 8, 9, mask]
+
+
 def test_training_with_drafts_visible_changes_the_canvas_and_needs_the_ctc_head(
     tiny_config, speech
 ):

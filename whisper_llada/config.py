@@ -116,6 +116,11 @@ class LossConfig:
     # model's own CTC draft (greedy, no gradient) instead of MASK, as prior-guided decoding's
     # canvas does; the loss still scores those slots against the transcript. Needs model.ctc.
     draft_prob: float = 0.0
+    # Which draft token a slot shows: "position", the draft's i-th token in slot i (as the
+    # decoding canvas is laid out); "edit_distance", the draft token aligned with the
+    # transcript's i-th token (MASK where the draft lost it), so a draft that gained or lost a
+    # word does not teach the LLM to distrust every slot after it.
+    draft_alignment: Literal["position", "edit_distance"] = "position"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import kaldialign
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +18,8 @@ from whisper_llada.config import LossConfig, ModelConfig
 from whisper_llada.ctc import ctc_greedy_decode, ctc_loss
 from whisper_llada.diffusion_loss import apply_mask, diffusion_loss, pad_answers, sample_mask
 from whisper_llada.model import AudioEncoding, SpeechLLM, WhisperLLaDA
+
+ALIGN_GAP = -1  # kaldialign's filler for an unpaired token (token ids are never negative)
 
 
 @dataclass
@@ -84,6 +87,9 @@ def training_loss(
         if ctc_logits is None:
             raise ValueError("loss.draft_prob > 0 shows the CTC draft: set model.ctc.enabled")
         drafts = ctc_greedy_decode(ctc_logits.detach(), audio.lengths)
+        if loss_cfg.draft_alignment == "edit_distance":
+            targets = answer_token_lists(batch.text_ids, model_cfg, special.eot)
+            drafts = align_drafts(drafts, targets, special.mask)
         noisy = show_drafts(noisy, masked, drafts, loss_cfg.draft_prob, special.mask, generator)
     logits = model.answer_logits(audio, noisy)  # (B, L, V)
     loss = diffusion_loss(logits, answers, masked, p_mask, kind=loss_cfg.kind)
@@ -118,6 +124,24 @@ def show_drafts(
         canvas[row, : len(tokens)] = torch.tensor(tokens, dtype=noisy.dtype)
     chosen = torch.rand(rows, generator=generator, device=noisy.device) < share  # (B,)
     return torch.where(masked & chosen.unsqueeze(1), canvas, noisy)
+
+
+def align_drafts(
+    drafts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], mask_id: int
+) -> list[list[int]]:
+    """Each draft laid onto its target's slots by a minimum edit-distance alignment.
+
+    Slot i gets the draft token aligned with target token i (the same word or a substitution),
+    or `mask_id` where the draft deleted it; tokens the draft inserted are dropped. So slot i
+    never shows a neighbour's word because the draft gained or lost one before it.
+    """
+    aligned = []
+    for draft, target in zip(drafts, targets, strict=True):
+        pairs = kaldialign.align(list(target), list(draft), ALIGN_GAP)
+        aligned.append(
+            [mask_id if hyp == ALIGN_GAP else hyp for ref, hyp in pairs if ref != ALIGN_GAP]
+        )
+    return aligned
 
 
 def next_token_loss(model: WhisperLLaMA, batch: SpeechBatch, model_cfg: ModelConfig) -> LossOutput:
