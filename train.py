@@ -47,7 +47,12 @@ from tqdm import tqdm
 from whisper_llada.atomic_write import write_atomically, write_text_atomically
 from whisper_llada.build import build_model
 from whisper_llada.causal_model import WhisperLLaMA
-from whisper_llada.checkpoint import load_trainable_state, read_checkpoint, save_checkpoint
+from whisper_llada.checkpoint import (
+    load_prefixed_state,
+    load_trainable_state,
+    read_checkpoint,
+    save_checkpoint,
+)
 from whisper_llada.config import Config, LossConfig, ModelConfig, load_config, to_dict
 from whisper_llada.ctc import ctc_greedy_decode
 from whisper_llada.data import (
@@ -181,6 +186,11 @@ def check_config(cfg: Config) -> None:
     for key in ("max_steps", "grad_accum", "valid_every", "log_every", "save_every"):
         if getattr(cfg.train, key) < 1:
             raise SystemExit(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+    if cfg.train.init_prefixes and not cfg.train.init_checkpoint:
+        raise SystemExit(
+            "train.init_prefixes selects tensors of train.init_checkpoint: set that too, or "
+            "leave train.init_prefixes empty"
+        )
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("train.device=cuda but no CUDA device is visible: use train.device=cpu")
 
@@ -191,20 +201,32 @@ def build_trainable_model(
     """The model with this stage's freeze policy and its starting weights.
 
     Weights come from the run's last checkpoint when resuming, else from train.init_checkpoint
-    (a stage-1 checkpoint may lack the LoRA factors of stage 2: they start fresh), else from the
-    build, seeded alike on every rank.
+    (a stage-1 checkpoint may lack the LoRA factors of stage 2: they start fresh; with
+    train.init_prefixes only the tensors under those prefixes), else from the build, seeded
+    alike on every rank.
     """
     torch.manual_seed(cfg.train.seed)
     model, tokenizer = build_model(cfg.model, device=device)
     model.set_lora_trainable(cfg.train.trainable == "projector_lora")
     source = resume / WEIGHTS_FILE if resume else cfg.train.init_checkpoint
-    if source:
-        tensors, _, _ = read_checkpoint(source)
-        stage_two = not resume and cfg.train.trainable == "projector_lora"
-        load_trainable_state(model, tensors, source=str(source), allow_missing_lora=stage_two)
-        fresh = len(set(model.trainable_parameters()) - set(tensors))
+    if not source:
+        return model, tokenizer
+    tensors, _, _ = read_checkpoint(source)
+    if not resume and cfg.train.init_prefixes:
+        prefixes = cfg.train.init_prefixes
+        loaded = load_prefixed_state(model, tensors, prefixes, source=str(source))
+        built = len(set(model.trainable_parameters()) - set(loaded))
         if announce:
-            print(f"weights from {source}" + (f"; {fresh} LoRA factors start fresh" * bool(fresh)))
+            print(
+                f"weights under {', '.join(prefixes)} from {source} ({len(loaded)} tensors); "
+                f"{built} trainable tensors start as built"
+            )
+        return model, tokenizer
+    stage_two = not resume and cfg.train.trainable == "projector_lora"
+    load_trainable_state(model, tensors, source=str(source), allow_missing_lora=stage_two)
+    fresh = len(set(model.trainable_parameters()) - set(tensors))
+    if announce:
+        print(f"weights from {source}" + (f"; {fresh} LoRA factors start fresh" * bool(fresh)))
     return model, tokenizer
 
 

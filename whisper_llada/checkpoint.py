@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,56 @@ def load_trainable_state(
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor.to(params[name].dtype))
+
+
+def load_prefixed_state(
+    model: SpeechLLM, tensors: dict[str, torch.Tensor], prefixes: Sequence[str], *, source: str
+) -> list[str]:
+    """Load the tensors whose names start with one of `prefixes` into `model`; the rest are ignored.
+
+    For starting a run from part of another model's checkpoint (train.init_prefixes), e.g. the
+    encoder and projector of a Whisper-LLaDA run into a Whisper-LLaMA one. Strict inside the
+    prefixes: every prefix must match a tensor of the checkpoint, and every matched tensor a
+    trainable parameter of `model` of the same shape. A frozen parameter is refused because the
+    run's checkpoints hold only trainable tensors: a resumed run would lose what was loaded.
+
+    Returns:
+        The loaded tensors' names, sorted.
+
+    Raises:
+        CheckpointError: naming every prefix and tensor that breaks these rules.
+    """
+    if not prefixes:
+        raise ValueError("load_prefixed_state needs at least one prefix")
+    selected = {name: t for name, t in tensors.items() if name.startswith(tuple(prefixes))}
+    params = dict(model.named_parameters())
+    trainable = model.trainable_parameters()
+    unmatched = [p for p in prefixes if not any(name.startswith(p) for name in tensors)]
+    lacking = sorted(set(selected) - set(params))
+    frozen = sorted(name for name in set(selected) & set(params) if name not in trainable)
+    mismatched = sorted(
+        f"{k}: file {tuple(selected[k].shape)} vs model {tuple(params[k].shape)}"
+        for k in set(selected) & set(params)
+        if selected[k].shape != params[k].shape
+    )
+    problems = [
+        (f"{len(names)} {what}: " + ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
+        for what, names in (
+            ("prefixes matching no tensor of the checkpoint", unmatched),
+            ("tensors this model lacks", lacking),
+            ("tensors frozen in this model (its checkpoints would not keep them)", frozen),
+            ("shape mismatches", mismatched),
+        )
+        if names
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit train.init_prefixes={list(prefixes)} ({'; '.join(problems)})"
+        )
+    with torch.no_grad():
+        for name, tensor in selected.items():
+            params[name].copy_(tensor.to(params[name].dtype))
+    return sorted(selected)
 
 
 def convert_released_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

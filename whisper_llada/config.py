@@ -202,6 +202,9 @@ class TrainConfig:
     seed: int = 42
     trainable: Literal["projector", "projector_lora"] = "projector_lora"  # dLLM-ASR stage 1 / 2
     init_checkpoint: str = ""  # trainable weights to start from (e.g. the stage-1 result)
+    # With init_checkpoint: load only its tensors whose names start with one of these (e.g.
+    # [encoder., projector.]), strictly; every other weight starts as built. Empty: every tensor.
+    init_prefixes: tuple[str, ...] = ()
     max_steps: int = 360000  # 120 "epochs" of 3000 iterations
     grad_accum: int = 1
     lr: float = 3e-5
