@@ -1,9 +1,12 @@
 """The demo, the project's main job: the demo model's held-out test sets decoded in every decoding mode, in one table.
 
-    python -m whisper_llada.demo [--model models/demo] [--work-dir exp/demo_run] [--limit N]
-        [--threads N]
+    python -m whisper_llada.demo [--model models/demo] [--ar-model models/demo_ar]
+        [--work-dir exp/demo_run] [--limit N] [--threads N]
     python -m whisper_llada.demo retrain [--out models/demo] [--work-dir exp/demo] [--max-steps N]
         [--stage2-max-steps N] [--nproc-per-node N] [--train-utterances N]
+        [--held-out-utterances N] [section.key=value ...]
+    python -m whisper_llada.demo retrain-ar [--out models/demo_ar] [--work-dir exp/demo]
+        [--ar-work-dir exp/demo_ar] [--max-steps N] [--nproc-per-node N] [--train-utterances N]
         [--held-out-utterances N] [section.key=value ...]
 
 The first command is idempotent and resumable:
@@ -20,6 +23,14 @@ checkpoint.safetensors, config.yaml). Its config.yaml gives the decoding setting
 steps, mask ratio, batch size, device); the weights are taken from the directory itself, so it
 can be moved. `retrain` (see `demo_retrain`) makes such a directory from nothing, in two training
 stages (configs/demo.yaml, then configs/demo_stage2.yaml).
+
+With an autoregressive model (an export with llama/ instead of llada/, as `retrain-ar` makes:
+see `demo_retrain_ar`), each set gains three rows (`mode_comparison`): the AR model alone
+(greedy, KV cache), and the cascade, the model's low-confidence deliberation and its
+prior-guided decoding over the AR model's hypotheses of the same run; and the tables a
+speed-up vs AR column. --ar-model defaults to the folder beside --model named <model>_ar
+(models/demo_ar) when it exists; without one there are no AR rows. Like the model, the AR
+model's results in a decode folder are recorded (ar_model.json), and another's refused.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import hashlib
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,24 +62,39 @@ from whisper_llada.demo_retrain import (
     add_retrain_arguments,
     run_retrain,
 )
+from whisper_llada.demo_retrain_ar import add_retrain_ar_arguments, run_retrain_ar
 from whisper_llada.demo_table import About, SetResult, write_results
 from whisper_llada.manifest import read_manifest
-from whisper_llada.mode_comparison import NEUTRAL_DECODE, decode_mode, standard_modes
+from whisper_llada.mode_comparison import (
+    AR_DECODE,
+    AR_MODE,
+    NEUTRAL_DECODE,
+    REFERENCE_MODE,
+    cascade_modes,
+    decode_mode,
+    standard_modes,
+)
 from whisper_llada.synthetic_corpus import MARKER_NAME
 from whisper_llada.transcribe import load_decoder
 
 DEFAULT_MODEL = Path("models/demo")
 DEFAULT_WORK_DIR = Path("exp/demo_run")
-MODEL_FILES = ("config.yaml", "checkpoint.safetensors", "whisper", "llada")
+AR_SUFFIX = "_ar"  # the default AR model: models/demo -> models/demo_ar
+MODEL_FILES = ("config.yaml", "checkpoint.safetensors", "whisper")  # and the LLM's folder
 FINGERPRINT_NAME = "model.json"  # in a decode folder: the model its results come from
+AR_FINGERPRINT_NAME = "ar_model.json"  # and the AR model the AR and cascade rows come from
 HASH_CHUNK_BYTES = 1 << 20
+MAKE_MODEL = {  # how to make an exported model, by its LLM
+    "llada": "`python -m whisper_llada.demo retrain --out DIR`",
+    "llama": "`python -m whisper_llada.demo retrain-ar --out DIR`",
+}
 
 
-def model_paths(model_dir: Path) -> list[str]:
-    """Overrides that point the model config at the directory's own weights."""
+def model_paths(model_dir: Path, llm: str = "llada") -> list[str]:
+    """Overrides that point the model config at the directory's own weights (`llm`: its LLM)."""
     return [
         f"model.whisper_path={model_dir / 'whisper'}",
-        f"model.llada_path={model_dir / 'llada'}",
+        f"model.{llm}_path={model_dir / llm}",
         f"inference.checkpoint={model_dir / 'checkpoint.safetensors'}",
     ]
 
@@ -85,12 +112,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_model_dir(model_dir: Path) -> None:
-    missing = [name for name in MODEL_FILES if not (model_dir / name).exists()]
+def check_model_dir(model_dir: Path, llm: str = "llada") -> None:
+    """Stop unless `model_dir` is an export of a model with this LLM ("llada" or "llama")."""
+    missing = [name for name in (*MODEL_FILES, llm) if not (model_dir / name).exists()]
     if missing:
+        kind = "an exported model" if llm == "llada" else "an exported AR model"
         raise SystemExit(
-            f"{model_dir} is not an exported model ({', '.join(missing)} missing): make one with "
-            "`python -m whisper_llada.demo retrain --out DIR` or `python -m whisper_llada.export`"
+            f"{model_dir} is not {kind} ({', '.join(missing)} missing): make one with "
+            f"{MAKE_MODEL[llm]} or `python -m whisper_llada.export`"
         )
 
 
@@ -104,8 +133,10 @@ def held_out_part(spec: dict) -> dict:
     }
 
 
-def check_same_held_out_sets(corpus: Path, trained_spec: dict | None) -> None:
-    """Stop when `corpus`'s held-out sets are not those of the corpus the model trained with.
+def check_same_held_out_sets(
+    corpus: Path, trained_spec: dict | None, model: str = "the model"
+) -> None:
+    """Stop when `corpus`'s held-out sets are not those of the corpus `model` trained with.
 
     `trained_spec` is the training corpus's parameters from the export's metadata (`retrain`
     records them; an export without them is not checked): a demo recipe changed since training
@@ -122,20 +153,23 @@ def check_same_held_out_sets(corpus: Path, trained_spec: dict | None) -> None:
     )
     if changed:
         raise SystemExit(
-            f"the demo recipe's held-out sets differ from those of the model's training corpus "
-            f"(changed: {', '.join(changed)}): decode with the recipe of the commit in the "
-            "model's metadata (git_commit), or retrain"
+            f"the demo recipe's held-out sets differ from those of {model}'s training corpus "
+            f"(changed: {', '.join(changed)}): decode with the recipe of the commit in "
+            f"{model}'s metadata (git_commit), or retrain"
         )
 
 
-def claim_decode_folder(decode_dir: Path, fingerprint: dict[str, str]) -> None:
-    """Record which model `decode_dir` holds results of; refuse to mix in another model's."""
-    path = decode_dir / FINGERPRINT_NAME
+def claim_decode_folder(
+    decode_dir: Path, fingerprint: dict[str, str], name: str = FINGERPRINT_NAME, what="model"
+) -> None:
+    """Record in `decode_dir`/`name` which model (`what`: "model", "AR model") its results come
+    from; refuse to mix in another model's."""
+    path = decode_dir / name
     if path.is_file():
         recorded = json.loads(path.read_text())
         if recorded["checkpoint_sha256"] != fingerprint["checkpoint_sha256"]:
             raise SystemExit(
-                f"{decode_dir} holds results of another model ({recorded['model']}, checkpoint "
+                f"{decode_dir} holds results of another {what} ({recorded['model']}, checkpoint "
                 f"sha256 {recorded['checkpoint_sha256'][:12]}): pass another --work-dir, or "
                 f"delete {decode_dir} to decode this one there"
             )
@@ -143,12 +177,55 @@ def claim_decode_folder(decode_dir: Path, fingerprint: dict[str, str]) -> None:
     write_text_atomically(path, json.dumps(fingerprint, indent=2) + "\n")
 
 
+@dataclass(frozen=True)
+class ArModel:
+    """An exported AR model as the demo decodes it: its config, the overrides every AR decode
+    starts from (its own weights, neutral decoding), its checkpoint's fingerprint, metadata."""
+
+    model_dir: Path
+    config: Path
+    base_overrides: tuple[str, ...]
+    fingerprint: dict[str, str]
+    metadata: dict
+
+
+def open_ar_model(ar_dir: Path, model_dir: Path, metadata: dict) -> ArModel:
+    """Check `ar_dir` (an exported AR model, trained with the held-out sets of `model_dir`,
+    whose checkpoint metadata is `metadata`) and open it."""
+    check_model_dir(ar_dir, "llama")
+    checkpoint = ar_dir / "checkpoint.safetensors"
+    _, _, ar_metadata = read_checkpoint(checkpoint)
+    theirs, ours = ar_metadata.get(HELD_OUT_KEY), metadata.get(HELD_OUT_KEY)
+    if theirs != ours:
+
+        def sets(cap: int | None) -> str:
+            return "the full held-out sets" if cap is None else f"held-out sets of {cap} each"
+
+        raise SystemExit(
+            f"the AR model {ar_dir} was trained with {sets(theirs)} and the model {model_dir} "
+            f"with {sets(ours)}: the demo decodes both on the model's, so make the AR model "
+            "with retrain-ar's --held-out-utterances as the model was (retrain's)"
+        )
+    return ArModel(
+        model_dir=ar_dir,
+        config=ar_dir / "config.yaml",
+        base_overrides=(*model_paths(ar_dir, "llama"), *NEUTRAL_DECODE),
+        fingerprint={"model": str(ar_dir), "checkpoint_sha256": file_sha256(checkpoint)},
+        metadata=ar_metadata,
+    )
+
+
 def run_demo(
-    model_dir: Path, work_dir: Path, limit: int | None = None, threads: int | None = None
+    model_dir: Path,
+    work_dir: Path,
+    limit: int | None = None,
+    threads: int | None = None,
+    ar_model_dir: Path | None = None,
 ) -> list[SetResult]:
     """Build the held-out sets, decode them in every mode, write and return the results.
 
-    `threads`: torch's CPU threads (None: torch's default, one per core).
+    `threads`: torch's CPU threads (None: torch's default, one per core). `ar_model_dir`: an
+    exported AR model, for the AR and cascade rows (None: no such rows).
     """
     for name, value in (("--limit", limit), ("--threads", threads)):
         if value is not None and value < 1:
@@ -158,11 +235,14 @@ def run_demo(
     check_model_dir(model_dir)
     checkpoint = model_dir / "checkpoint.safetensors"
     _, _, metadata = read_checkpoint(checkpoint)
+    ar = None if ar_model_dir is None else open_ar_model(ar_model_dir, model_dir, metadata)
     # A model retrained with capped held-out splits is evaluated on the same capped sets.
     corpus = build_demo_corpus(
         work_dir / "corpus", with_train=False, held_out_utterances=metadata.get(HELD_OUT_KEY)
     )
     check_same_held_out_sets(corpus, metadata.get(CORPUS_SPEC_KEY))
+    if ar is not None:
+        check_same_held_out_sets(corpus, ar.metadata.get(CORPUS_SPEC_KEY), "the AR model")
     manifests = prepare_demo_manifests(corpus, work_dir / "manifests")
     model_config = model_dir / "config.yaml"
     cfg = load_config(model_config, model_paths(model_dir))
@@ -172,26 +252,39 @@ def run_demo(
     claim_decode_folder(decode_dir, fingerprint)
     device = torch.device(cfg.inference.device)
     decoder = functools.cache(lambda: load_decoder(cfg, device))
+    # Per mode: the config it decodes with, the overrides before the mode's, the model.
+    runs = dict.fromkeys(modes, (model_config, (*model_paths(model_dir), *NEUTRAL_DECODE), decoder))
+    ar_decoder = None
+    if ar is not None:
+        claim_decode_folder(decode_dir, ar.fingerprint, AR_FINGERPRINT_NAME, "AR model")
+        # The cascade's first pass decodes exactly as the AR row: the same config, overrides.
+        first_pass = (*ar.base_overrides, *AR_DECODE)
+        ar_cfg = load_config(ar.config, first_pass)
+        ar_decoder = functools.cache(lambda: load_decoder(ar_cfg, device))
+        cascade = cascade_modes(ar.config, first_pass)
+        modes = {**modes, AR_MODE: AR_DECODE, **cascade}
+        runs |= {AR_MODE: (ar.config, ar.base_overrides, ar_decoder)}
+        runs |= dict.fromkeys(cascade, runs[REFERENCE_MODE])
     results = []
     for name, description in TEST_SETS.items():
         utterances = read_manifest(manifests[name])[:limit]
         rows = []
         for mode, overrides in modes.items():
             output_dir = decode_dir / name / mode_folder(mode)
-            mode_cfg = load_config(
-                model_config,
-                [
-                    *model_paths(model_dir),
-                    *NEUTRAL_DECODE,
-                    *overrides,
-                    f"inference.manifest={manifests[name]}",
-                    f"inference.output_dir={output_dir}",
-                ],
+            config, base, mode_decoder = runs[mode]
+            where = [f"inference.manifest={manifests[name]}", f"inference.output_dir={output_dir}"]
+            mode_cfg = load_config(config, [*base, *overrides, *where])
+            row = decode_mode(
+                mode_decoder,
+                mode_cfg,
+                mode,
+                utterances,
+                output_dir,
+                desc=f"{name}: {mode}",
+                first_pass_decoder=ar_decoder,
             )
-            rows.append(
-                decode_mode(decoder, mode_cfg, mode, utterances, output_dir, desc=f"{name}: {mode}")
-            )
-            tqdm.write(f"{name}, {mode}: WER {rows[-1].wer:.2f} %", file=sys.stderr)
+            rows.append(row)
+            tqdm.write(f"{name}, {mode}: WER {row.wer:.2f} %", file=sys.stderr)
         results.append(SetResult(name, description, rows))
     about = About(
         model_dir=str(model_dir),
@@ -201,6 +294,8 @@ def run_demo(
         if device.type == "cpu"
         else str(device),
         modes=modes,
+        ar_model_dir=None if ar is None else str(ar.model_dir),
+        ar_checkpoint_sha256=None if ar is None else ar.fingerprint["checkpoint_sha256"],
     )
     paths = write_results(work_dir, results, about)
     print(paths["md"].read_text())
@@ -208,22 +303,49 @@ def run_demo(
     return results
 
 
+def default_ar_model(model_dir: Path) -> Path | None:
+    """The folder beside `model_dir` named <model>_ar (models/demo_ar), None if there is none."""
+    candidate = model_dir.parent / f"{model_dir.name}{AR_SUFFIX}"
+    return candidate if candidate.exists() else None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["retrain"]:
+    retraining = {
+        "retrain": (
+            "Retrain the demo model from nothing (resumable) and export it.",
+            add_retrain_arguments,
+            run_retrain,
+        ),
+        "retrain-ar": (
+            "Train the demo's AR baseline from stage 1's encoder and projector (resumable) "
+            "and export it.",
+            add_retrain_ar_arguments,
+            run_retrain_ar,
+        ),
+    }
+    if argv[:1] and argv[0] in retraining:
+        description, add_arguments, run = retraining[argv[0]]
         parser = argparse.ArgumentParser(
-            prog="python -m whisper_llada.demo retrain",
-            description="Retrain the demo model from nothing (resumable) and export it.",
+            prog=f"python -m whisper_llada.demo {argv[0]}", description=description
         )
-        add_retrain_arguments(parser)
-        run_retrain(parser.parse_args(argv[1:]))
+        add_arguments(parser)
+        run(parser.parse_args(argv[1:]))
         return
     parser = argparse.ArgumentParser(
         prog="python -m whisper_llada.demo",
         description=__doc__.splitlines()[0],
-        epilog="`python -m whisper_llada.demo retrain --help`: retraining the model.",
+        epilog="`python -m whisper_llada.demo retrain --help`: retraining the model; "
+        "`... retrain-ar --help`: training the AR baseline.",
     )
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="an exported model")
+    parser.add_argument(
+        "--ar-model",
+        type=Path,
+        default=None,
+        help="an exported AR model for the AR and cascade rows (default: <model>_ar beside "
+        "--model, e.g. models/demo_ar, when it exists; else no AR rows)",
+    )
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
     parser.add_argument(
         "--limit", type=int, default=None, help="decode only the first N utterances of each set"
@@ -235,7 +357,8 @@ def main(argv: list[str] | None = None) -> None:
         help="torch CPU threads (default: one per core; on a busy machine 1 is steadier)",
     )
     args = parser.parse_args(argv)
-    run_demo(args.model, args.work_dir, args.limit, args.threads)
+    ar_model = args.ar_model if args.ar_model is not None else default_ar_model(args.model)
+    run_demo(args.model, args.work_dir, args.limit, args.threads, ar_model)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,12 +87,21 @@ STAGE_KEYS = {
 
 @dataclass(frozen=True)
 class Stage:
-    """One train.py run of the recipe: its YAML, the overrides retrain gives it, its output."""
+    """One train.py run of a recipe: its YAML, the overrides retrain gives it, its output.
 
-    number: int
+    `number` keys its sessions (1 and 2 here, "ar" for `demo_retrain_ar`'s baseline); `title`
+    names it in messages (default "stage <number>").
+    """
+
+    number: int | str
     recipe: Path
     output_dir: Path
     overrides: tuple[str, ...]
+    title: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.title or f"stage {self.number}"
 
     def max_steps(self) -> int:
         return load_config(self.recipe, self.overrides).train.max_steps
@@ -158,23 +168,12 @@ def retrain(
     overrides: list[str] | tuple[str, ...] = (),
 ) -> Path:
     """Everything the module docstring lists; returns the exported config.yaml."""
-    for name, value in (
-        ("--max-steps", max_steps),
-        ("--stage2-max-steps", stage2_max_steps),
-        ("--nproc-per-node", nproc_per_node),
-    ):
-        if value is not None and value < 1:
-            raise SystemExit(f"{name} must be at least 1, got {value}")
-    if nproc_per_node > 1 and Path.cwd().resolve() != REPO:
-        # Relative paths (--work-dir's, the overrides') must mean the same folders to torchrun.
-        raise SystemExit(
-            f"--nproc-per-node {nproc_per_node} launches train.py from the repository root: "
-            f"run retrain from {REPO}"
-        )
-    for override in overrides:
-        key = override.partition("=")[0].strip()
-        if key in STAGE_KEYS:
-            raise SystemExit(f"{key} is set per stage by retrain: use {STAGE_KEYS[key]}")
+    check_arguments(
+        {"--max-steps": max_steps, "--stage2-max-steps": stage2_max_steps},
+        nproc_per_node,
+        overrides,
+        STAGE_KEYS,
+    )
     base = write_base_models(work_dir / "base")
     corpus = build_demo_corpus(
         work_dir / "corpus",
@@ -207,6 +206,31 @@ def retrain(
         "git_commit": git_commit(),
     }
     return export_last(stages[-1].output_dir, out_dir, metadata)
+
+
+def check_arguments(
+    counts: dict[str, int | None],
+    nproc_per_node: int,
+    overrides: Sequence[str],
+    stage_keys: dict[str, str],
+    command: str = "retrain",
+) -> None:
+    """Stop before any work on a count below 1 (None: not given), on more than one process
+    outside the repository root, or on an override of a key in `stage_keys` (key -> the option
+    that sets it); `command` names the subcommand in the messages."""
+    for name, value in {**counts, "--nproc-per-node": nproc_per_node}.items():
+        if value is not None and value < 1:
+            raise SystemExit(f"{name} must be at least 1, got {value}")
+    if nproc_per_node > 1 and Path.cwd().resolve() != REPO:
+        # Relative paths (--work-dir's, the overrides') must mean the same folders to torchrun.
+        raise SystemExit(
+            f"--nproc-per-node {nproc_per_node} launches train.py from the repository root: "
+            f"run {command} from {REPO}"
+        )
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if key in stage_keys:
+            raise SystemExit(f"{key} is set per stage by {command}: use {stage_keys[key]}")
 
 
 def plan_stages(
@@ -274,10 +298,10 @@ def check_process_count(stage: Stage, nproc_per_node: int) -> None:
     if saved in (None, nproc_per_node) or trained_steps(stage.output_dir) >= stage.max_steps():
         return  # nothing to resume, the same processes, or finished (skipped)
     raise SystemExit(
-        f"stage {stage.number}'s last checkpoint in {stage.output_dir} was saved by {saved} "
+        f"{stage.name}'s last checkpoint in {stage.output_dir} was saved by {saved} "
         f"process(es), and train.py resumes it only with as many (their data positions and "
         f"random streams are per process): run retrain with --nproc-per-node {saved}, or "
-        f"delete {stage.output_dir} to train stage {stage.number} again"
+        f"delete {stage.output_dir} to train {stage.name} again"
     )
 
 
@@ -289,18 +313,18 @@ def run_stage(stage: Stage, work_dir: Path, nproc_per_node: int) -> None:
     """
     done, wanted = trained_steps(stage.output_dir), stage.max_steps()
     if done >= wanted:
-        print(f"stage {stage.number} ({stage.output_dir}) has {done} of {wanted} steps: skipped")
+        print(f"{stage.name} ({stage.output_dir}) has {done} of {wanted} steps: skipped")
         return
     train_args = [str(stage.recipe), *stage.overrides]
     started = time.perf_counter()
     if nproc_per_node == 1:
         train_module().main(train_args)
     else:
-        print(f"stage {stage.number}: {nproc_per_node} processes under torchrun", flush=True)
+        print(f"{stage.name}: {nproc_per_node} processes under torchrun", flush=True)
         code = run_torchrun(nproc_per_node, train_args)
         if code != 0:
             raise SystemExit(
-                f"stage {stage.number} failed: torchrun exited with code {code} (its output is "
+                f"{stage.name} failed: torchrun exited with code {code} (its output is "
                 "above); once the cause is fixed, the same retrain command goes on from the "
                 f"stage's last checkpoint in {stage.output_dir}, if it has one"
             )
@@ -338,7 +362,7 @@ def write_base_models(base_dir: Path) -> Path:
     return base_dir
 
 
-def record_session(work_dir: Path, stage: int, seconds: float, step: int) -> None:
+def record_session(work_dir: Path, stage: int | str, seconds: float, step: int) -> None:
     """Append one stage's training time in this call to the work folder's sessions."""
     entry = {"stage": stage, "seconds": round(seconds, 1), "step": step}
     with (work_dir / SESSIONS_NAME).open("a", encoding="utf-8") as f:

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from whisper_llada.atomic_write import write_atomically, write_text_atomically
-from whisper_llada.mode_comparison import REFERENCE_MODE, ModeRow, markdown_table
+from whisper_llada.mode_comparison import AR_MODE, REFERENCE_MODE, ModeRow, markdown_table
 
 RESULTS_STEM = "demo_results"
 PANEL_INCHES = (5.5, 4.5)  # width, height of one test set's panel
-LEGEND_INCHES = 0.9  # room under the panels for the legend
+LEGEND_COLUMNS = 5
+LEGEND_ROW_INCHES = 0.3  # room under the panels for each row of the legend
 PLOT_DPI = 120
 MARKERS = "osD^v<>pP*XhH8d"  # one per mode, with a colour of tab20 each
 LABEL_FONT_SIZE = 7  # points
@@ -44,23 +45,46 @@ class SetResult:
     def reference(self) -> ModeRow:
         return next(row for row in self.rows if row.mode == REFERENCE_MODE)
 
+    @property
+    def ar_reference(self) -> ModeRow | None:
+        """The AR model's row, when an AR model was decoded too."""
+        return next((row for row in self.rows if row.mode == AR_MODE), None)
+
 
 @dataclass(frozen=True)
 class About:
-    """What was decoded: the model, how much of each set, with which modes, where."""
+    """What was decoded: the model(s), how much of each set, with which modes, where.
+
+    `modes`: each row's overrides (the AR row's on the AR model's config, the others on the
+    diffusion model's); `ar_model_dir` and `ar_checkpoint_sha256`: the AR model, None without.
+    """
 
     model_dir: str
     checkpoint_sha256: str
     limit: int | None
     device: str
     modes: dict[str, tuple[str, ...]]
+    ar_model_dir: str | None = None
+    ar_checkpoint_sha256: str | None = None
 
 
 def results_json(sets: list[SetResult], about: About) -> dict[str, Any]:
-    """The JSON document: `about`'s fields, the reference mode and every set's rows."""
+    """The JSON document: `about`'s fields, the reference mode(s) and every set's rows.
+
+    The AR model's keys ("ar_model", "ar_checkpoint_sha256", "ar_reference_mode") and the rows'
+    "speed_up_vs_ar" are there only when an AR model was decoded.
+    """
+    ar = {}
+    if about.ar_model_dir is not None:
+        ar = {
+            "ar_model": about.ar_model_dir,
+            "ar_checkpoint_sha256": about.ar_checkpoint_sha256,
+            "ar_reference_mode": AR_MODE,
+        }
     return {
         "model": about.model_dir,
         "checkpoint_sha256": about.checkpoint_sha256,
+        **ar,
         "limit": about.limit,
         "device": about.device,
         "reference_mode": REFERENCE_MODE,
@@ -69,7 +93,7 @@ def results_json(sets: list[SetResult], about: About) -> dict[str, Any]:
             result.name: {
                 "description": result.description,
                 "utterances": result.reference.utterances,
-                "rows": [row.as_dict(result.reference) for row in result.rows],
+                "rows": [row.as_dict(result.reference, result.ar_reference) for row in result.rows],
             }
             for result in sets
         },
@@ -93,11 +117,20 @@ def results_markdown(sets: list[SetResult], about: About) -> str:
         "on this machine in this run (reused results keep the timings of the run that made "
         "them).\n",
     ]
+    if about.ar_model_dir is not None:
+        parts.append(
+            f"The autoregressive rows come from the AR model `{about.ar_model_dir}` (checkpoint "
+            f"sha256 {about.ar_checkpoint_sha256[:12]}): `{AR_MODE}` is it alone, its passes "
+            "the decoder steps; the `AR -> ...` rows are the cascade, the diffusion model "
+            "deliberating over its hypotheses in the same run, with both stages' seconds and "
+            "passes written as AR steps + diffusion LLM passes. The speed-up vs AR is the "
+            f"decode seconds of `{AR_MODE}` over the mode's.\n"
+        )
     for result in sets:
         parts.append(
             f"## {result.name}: {result.description} ({result.reference.utterances} utterances)\n"
         )
-        parts.append(markdown_table(result.rows, result.reference))
+        parts.append(markdown_table(result.rows, result.reference, result.ar_reference))
     return "\n".join(parts)
 
 
@@ -118,10 +151,11 @@ def plot_wer_vs_rtf(sets: list[SetResult], path: Path) -> Path:
         mode: (MARKERS[i % len(MARKERS)], colours[i % len(colours)]) for i, mode in enumerate(modes)
     }
     width, height = PANEL_INCHES
+    legend = LEGEND_ROW_INCHES * math.ceil(len(modes) / LEGEND_COLUMNS)
     figure, axes = plt.subplots(
         1,
         len(sets),
-        figsize=(width * len(sets), height + LEGEND_INCHES),
+        figsize=(width * len(sets), height + legend),
         dpi=PLOT_DPI,
         sharey=True,
         squeeze=False,
@@ -154,11 +188,11 @@ def plot_wer_vs_rtf(sets: list[SetResult], path: Path) -> Path:
         [handles[label] for label in labels],
         labels,
         loc="lower center",
-        ncol=min(len(labels), 5),
+        ncol=min(len(labels), LEGEND_COLUMNS),
         fontsize=8,
         frameon=False,
     )
-    figure.tight_layout(rect=(0, LEGEND_INCHES / (height + LEGEND_INCHES), 1, 1))
+    figure.tight_layout(rect=(0, legend / (height + legend), 1, 1))
     for axis, result in zip(axes[0], sets, strict=True):  # where the final layout puts the markers
         rows = [row for row in result.rows if row.rtf is not None and row.rtf > 0]
         for row, offset in zip(rows, _label_offsets(axis, rows), strict=True):

@@ -5,10 +5,18 @@ inference.py writes (result shards, results.jsonl, recogs / errs / wer files, co
 through the same functions, so a row holds exactly the numbers of the mode's wer file, and a
 rerun decodes only the utterances its folder does not hold yet. Timings are wall-clock seconds
 of this machine; the speed-up of a row is the reference mode's decode seconds over its own.
+
+With an autoregressive model (Whisper-LLaMA) beside it, two more kinds of row: the AR model
+alone (`AR_MODE`, decoded with its own config and `AR_DECODE`), and the cascade rows
+(`cascade_modes`): the diffusion model deliberating over the AR model's hypotheses of the same
+run (decode.first_pass=model). A cascade row's seconds are both stages' (its wer file's "RTF of
+both stages"); its passes are kept apart, the AR model's decoder steps beside the diffusion
+LLM's passes. The speed-up vs AR of a row is the AR row's decode seconds over its own.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from whisper_llada.atomic_write import write_text_atomically
+from whisper_llada.cascade import FirstPass, first_pass_config
 from whisper_llada.config import Config, to_dict
 from whisper_llada.manifest import Utterance
 from whisper_llada.results import MERGED_NAME, finished_ids, read_records
@@ -27,6 +36,8 @@ from whisper_llada.transcribe import (
 )
 
 REFERENCE_MODE = "diffusion"  # the Whisper-LLaDA authors' decoding: the speed-ups are against it
+AR_MODE = "autoregressive (greedy, KV cache)"  # the AR model alone: the speed-ups vs AR
+AR_DECODE = ("decode.mode=autoregressive", "decode.num_beams=1")  # on the AR model's config
 THRESHOLD = 0.9  # dLLM-ASR's tau for confidence-threshold commits
 SEMI_AR_BLOCKS = (2, 4)
 # Every mode starts from these, so decoding options of the model's own config never leak into a
@@ -54,14 +65,7 @@ def standard_modes(gen_len: int) -> dict[str, tuple[str, ...]]:
     decoding = ("decode.mode=decoding", f"decode.steps={gen_len}")
     diffusion = (*decoding, f"decode.block_length={gen_len}")
     deliberation = ("decode.mode=diffusion_deliberation", "decode.first_pass=ctc")
-    prior = (
-        "decode.mode=prior_guided",
-        "decode.first_pass=ctc",
-        f"decode.threshold={THRESHOLD}",
-        "decode.prune=true",
-        "decode.early_exit=true",
-        "decode.prior_treatment=visible",
-    )
+    prior = _prior_guided("ctc")
     return {
         "CTC draft": ("decode.mode=ctc",),
         REFERENCE_MODE: diffusion,
@@ -85,11 +89,48 @@ def standard_modes(gen_len: int) -> dict[str, tuple[str, ...]]:
     }
 
 
+def _prior_guided(first_pass: str) -> tuple[str, ...]:
+    """dLLM-ASR's decoding (threshold 0.9, pruning, early exit) from the named first pass."""
+    return (
+        "decode.mode=prior_guided",
+        f"decode.first_pass={first_pass}",
+        f"decode.threshold={THRESHOLD}",
+        "decode.prune=true",
+        "decode.early_exit=true",
+        "decode.prior_treatment=visible",
+    )
+
+
+def cascade_modes(ar_config: str | Path, ar_overrides: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Mode label -> `decode.*` and `inference.*` overrides of the diffusion model's config for
+    the cascade rows: its low-confidence deliberation and its prior-guided decoding, each over
+    the hypotheses of the AR model that `ar_config` with `ar_overrides` decodes in the same run.
+    """
+    first_pass = (
+        "decode.first_pass=model",
+        f"inference.first_pass_config={ar_config}",
+        "inference.first_pass_overrides="
+        + yaml.safe_dump(list(ar_overrides), default_flow_style=True, width=math.inf).strip(),
+    )
+    return {
+        "AR -> deliberation (low-conf.)": (
+            "decode.mode=diffusion_deliberation",
+            "decode.masking_type=low_confidence",
+            *first_pass,
+        ),
+        "AR -> prior-guided": (*_prior_guided("model"), *first_pass),
+    }
+
+
 @dataclass(frozen=True)
 class ModeRow:
     """One mode's numbers on one test set, as its results.jsonl gives them (unrounded).
 
-    `rtf` and `utterances_per_second` are None when nothing was decoded (no time spent).
+    `rtf` and `utterances_per_second` are None when nothing was decoded (no time spent). For a
+    cascade row `decode_seconds` (and so `rtf` and the rates) covers both stages, of which
+    `first_pass_seconds` the AR first pass; `forward_passes_per_utterance` are the diffusion
+    LLM's and `first_pass_forward_passes_per_utterance` the AR decoder steps. Other rows have
+    None in both first-pass fields.
     """
 
     mode: str
@@ -106,19 +147,34 @@ class ModeRow:
     rtf: float | None
     utterances_per_second: float | None
     results_dir: str
+    first_pass_forward_passes_per_utterance: float | None = None
+    first_pass_seconds: float | None = None
 
     def speed_up(self, reference: ModeRow) -> float | None:
         """How many times faster than `reference`: its decode seconds over these."""
         return reference.decode_seconds / self.decode_seconds if self.decode_seconds else None
 
-    def as_dict(self, reference: ModeRow) -> dict[str, object]:
-        return {**asdict(self), "speed_up": self.speed_up(reference)}
+    def as_dict(self, reference: ModeRow, ar_reference: ModeRow | None = None) -> dict[str, object]:
+        """The fields (the first-pass ones only for a cascade row) and the speed-up against
+        `reference`, and against `ar_reference` (as "speed_up_vs_ar") when there is one."""
+        fields = asdict(self)
+        if self.first_pass_seconds is None:
+            del fields["first_pass_forward_passes_per_utterance"], fields["first_pass_seconds"]
+        fields["speed_up"] = self.speed_up(reference)
+        if ar_reference is not None:
+            fields["speed_up_vs_ar"] = self.speed_up(ar_reference)
+        return fields
 
 
 def read_row(mode: str, output_dir: Path) -> ModeRow:
     """The row of a finished mode folder, from its results.jsonl."""
-    statistics, _, _ = set_statistics(read_records(output_dir / MERGED_NAME))
+    records = read_records(output_dir / MERGED_NAME)
+    statistics, _, _ = set_statistics(records)
     summary = statistics.summary
+    # A cascade's records carry its first stage (first_pass_statistics reads them alike).
+    first = [r for r in records if not r.failed and r.first_pass_seconds is not None]
+    first_seconds = sum(r.first_pass_seconds for r in first) if first else None
+    seconds = statistics.decode_seconds + (first_seconds or 0.0)
     return ModeRow(
         mode=mode,
         wer=summary.wer,
@@ -129,11 +185,15 @@ def read_row(mode: str, output_dir: Path) -> ModeRow:
         utterances=summary.utterances,
         failed=summary.failed,
         forward_passes_per_utterance=statistics.forward_passes_per_utterance,
-        decode_seconds=statistics.decode_seconds,
+        decode_seconds=seconds,
         audio_seconds=statistics.audio_seconds,
-        rtf=statistics.rtf,
-        utterances_per_second=statistics.utterances_per_second,
+        rtf=seconds / statistics.audio_seconds if statistics.audio_seconds else None,
+        utterances_per_second=statistics.decoded / seconds if seconds else None,
         results_dir=str(output_dir),
+        first_pass_forward_passes_per_utterance=(
+            sum(r.first_pass_forward_passes for r in first) / len(first) if first else None
+        ),
+        first_pass_seconds=first_seconds,
     )
 
 
@@ -145,12 +205,15 @@ def decode_mode(
     output_dir: Path,
     *,
     desc: str | None = None,
+    first_pass_decoder: Decoder | None = None,
 ) -> ModeRow:
     """Decode what `output_dir` lacks of `utterances` in `cfg.decode`'s mode; score; its row.
 
     `decoder` is called only when something is left to decode, so a rerun over finished
     folders never builds the model. `mode` names the row; `desc` labels the progress bar
-    (default: the mode).
+    (default: the mode). `first_pass_decoder`: for decode.first_pass=model, the first-pass
+    model of `cfg`'s inference.first_pass_config, already loaded (e.g. shared with the AR
+    row); None: the cascade loads it.
 
     Raises:
         SystemExit: `output_dir` holds results decoded with other settings (as inference.py).
@@ -170,23 +233,38 @@ def decode_mode(
     todo = [u for u in utterances if u.id not in done]
     write_text_atomically(output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if todo:
+        first_pass = None
+        if cfg.decode.first_pass == "model" and first_pass_decoder is not None:
+            first_pass = FirstPass(first_pass_config(cfg), *first_pass_decoder())
         model, tokenizer = decoder()
-        decode_utterances(model, tokenizer, cfg, todo, output_dir, 0, desc=desc or mode)
+        decode_utterances(
+            model, tokenizer, cfg, todo, output_dir, 0, desc=desc or mode, first_pass=first_pass
+        )
     summarize(cfg, output_dir)
     return read_row(mode, output_dir)
 
 
-def markdown_table(rows: Sequence[ModeRow], reference: ModeRow) -> str:
-    """The rows as a Markdown table, speed-ups against `reference`."""
+def markdown_table(
+    rows: Sequence[ModeRow], reference: ModeRow, ar_reference: ModeRow | None = None
+) -> str:
+    """The rows as a Markdown table, speed-ups against `reference` (and `ar_reference`, in a
+    column of its own, when given). A cascade row's passes read "AR steps + LLM passes"."""
+    vs_ar = ar_reference is not None
     lines = [
-        f"| mode | WER % (S/D/I) | LLM passes / utt | RTF | speed-up vs {reference.mode} | utt / s |",
-        "|---|---|---|---|---|---|",
+        f"| mode | WER % (S/D/I) | LLM passes / utt | RTF | speed-up vs {reference.mode} "
+        + ("| speed-up vs AR " if vs_ar else "")
+        + "| utt / s |",
+        "|---|---|---|---|---|---|" + ("---|" if vs_ar else ""),
     ]
     for row in rows:
+        passes = f"{row.forward_passes_per_utterance:.2f}"
+        if row.first_pass_forward_passes_per_utterance is not None:
+            passes = f"{row.first_pass_forward_passes_per_utterance:.2f} AR + {passes}"
+        against_ar = f"| {_number(row.speed_up(ar_reference), '.2f', 'x')} " if vs_ar else ""
         lines.append(
             f"| {row.mode} | {row.wer:.2f} ({row.substitutions}/{row.deletions}/{row.insertions}) "
-            f"| {row.forward_passes_per_utterance:.2f} | {_number(row.rtf, '.4f')} "
-            f"| {_number(row.speed_up(reference), '.2f', 'x')} "
+            f"| {passes} | {_number(row.rtf, '.4f')} "
+            f"| {_number(row.speed_up(reference), '.2f', 'x')} {against_ar}"
             f"| {_number(row.utterances_per_second, '.2f')} |"
         )
     return "\n".join(lines) + "\n"
