@@ -297,6 +297,7 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
         f"model.llada_path={work / 'base' / 'llada'}",
         f"data.train_manifests=[{work / 'manifests' / 'librispeech_cuts_train-clean-100.jsonl.gz'}]",
         f"data.valid_manifests=[{work / 'manifests' / 'librispeech_cuts_dev-clean.jsonl.gz'}]",
+        f"data.feature_cache={work / 'feature_cache'}",
     ]
     first, second = metadata["stages"]
     assert {k: v for k, v in first.items() if k != "train_wall_seconds"} == {

@@ -187,6 +187,7 @@ def retrain(
         f"model.llada_path={base / 'llada'}",
         f"data.train_manifests=[{manifests[TRAIN_SPLIT]}]",
         f"data.valid_manifests=[{manifests[VALID_SPLIT]}]",
+        f"data.feature_cache={work_dir / 'feature_cache'}",  # the recipe's is exp/demo's
     )
     stages = plan_stages(work_dir, shared, (max_steps, stage2_max_steps), tuple(overrides))
     check_stage_order(*stages)
