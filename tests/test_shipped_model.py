@@ -1,0 +1,99 @@
+"""The shipped demo model on freshly synthesised held-out speech: decode-only, a few utterances.
+
+The model is models/demo, or the directory in $WHISPER_LLADA_DEMO_MODEL (e.g. a model retrained
+with `python -m whisper_llada.demo retrain --out DIR`, which must pass the same checks).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from whisper_llada.checkpoint import read_checkpoint
+from whisper_llada.config import load_config
+from whisper_llada.demo import model_paths
+from whisper_llada.demo_recipe import DEMO_SEED, demo_corpus_spec
+from whisper_llada.manifest import read_manifest
+from whisper_llada.mode_comparison import NEUTRAL_DECODE, decode_mode, standard_modes
+from whisper_llada.speech_synthesis import synthesize
+from whisper_llada.synthetic_corpus import plan_utterances
+from whisper_llada.transcribe import load_decoder
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = Path(os.environ.get("WHISPER_LLADA_DEMO_MODEL", REPO / "models" / "demo"))
+UTTERANCES = 24  # the first ones of the seen-voice test set
+MAX_CHECKPOINT_BYTES = 20 * 1024**2
+# Bounds about 6 points (1 pass) above what the shipped model measured on these 24 utterances
+# (CTC draft 16.1 %, prior-guided 23.8 % at 4.9 LLM passes; a random model: ~100 %), so a
+# retrained model passes when it learned as well, and a broken one fails. The demo's targets
+# (prior-guided within 15 % and better than the draft) are not met yet: docs/demo_results.md.
+MAX_CTC_WER = 22.0
+MAX_PRIOR_GUIDED_WER = 30.0
+MAX_PRIOR_GUIDED_PASSES = 6.0
+
+
+@pytest.fixture(scope="module")
+def fresh_test_set(tmp_path_factory) -> Path:
+    """The first UTTERANCES of the demo's seen-voice test set, synthesised now, as a JSONL."""
+    root = tmp_path_factory.mktemp("held_out")
+    plan = [
+        u for u in plan_utterances(demo_corpus_spec(with_train=False)) if u.split == "test-clean"
+    ]
+    lines = []
+    for u in plan[:UTTERANCES]:
+        synthesize(
+            u.text, root / f"{u.id}.flac", voice=u.voice, rate_wpm=u.rate_wpm, pitch=u.pitch,
+            speed=u.speed, snr_db=u.snr_db, noise_seed=u.noise_seed,
+        )  # fmt: skip
+        lines.append(json.dumps({"id": u.id, "audio": f"{u.id}.flac", "text": u.text.upper()}))
+    manifest = root / "test.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def rows(fresh_test_set, tmp_path_factory):
+    """The CTC draft and prior-guided rows on the fresh test set."""
+    config = MODEL / "config.yaml"
+    cfg = load_config(config, model_paths(MODEL))
+    decoder = functools.cache(lambda: load_decoder(cfg, torch.device("cpu")))
+    modes = standard_modes(cfg.decode.gen_len)
+    utterances = read_manifest(fresh_test_set)
+    out = tmp_path_factory.mktemp("decode")
+    decoded = {}
+    for mode in ("CTC draft", "prior-guided"):
+        mode_cfg = load_config(
+            config,
+            [
+                *model_paths(MODEL),
+                *NEUTRAL_DECODE,
+                *modes[mode],
+                f"inference.manifest={fresh_test_set}",
+            ],
+        )
+        decoded[mode] = decode_mode(decoder, mode_cfg, mode, utterances, out / mode)
+    return decoded
+
+
+def test_the_shipped_checkpoint_is_small_and_records_its_recipe():
+    checkpoint = MODEL / "checkpoint.safetensors"
+    total = sum(f.stat().st_size for f in MODEL.rglob("*") if f.is_file())
+    assert total <= MAX_CHECKPOINT_BYTES
+    _, config, metadata = read_checkpoint(checkpoint)
+    assert config["model"]["llada_path"].endswith("llada")
+    assert metadata["demo_seed"] == DEMO_SEED
+    assert len(metadata["git_commit"]) == 40
+
+
+def test_the_shipped_model_recognises_unseen_sentences(rows):
+    ctc, prior = rows["CTC draft"], rows["prior-guided"]
+    assert ctc.utterances == prior.utterances == UTTERANCES
+    assert ctc.wer <= MAX_CTC_WER
+    assert prior.wer <= MAX_PRIOR_GUIDED_WER
+    assert prior.forward_passes_per_utterance <= MAX_PRIOR_GUIDED_PASSES
+
