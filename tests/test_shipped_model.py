@@ -96,4 +96,3 @@ def test_the_shipped_model_recognises_unseen_sentences(rows):
     assert ctc.wer <= MAX_CTC_WER
     assert prior.wer <= MAX_PRIOR_GUIDED_WER
     assert prior.forward_passes_per_utterance <= MAX_PRIOR_GUIDED_PASSES
-
