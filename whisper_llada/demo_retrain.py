@@ -175,19 +175,11 @@ def retrain(
         STAGE_KEYS,
     )
     base = write_base_models(work_dir / "base")
-    corpus = build_demo_corpus(
-        work_dir / "corpus",
-        with_train=True,
-        train_utterances=train_utterances,
-        held_out_utterances=held_out_utterances,
-    )
-    manifests = prepare_demo_manifests(corpus, work_dir / "manifests")
+    corpus, data = training_data(work_dir, train_utterances, held_out_utterances)
     shared = (
         f"model.whisper_path={base / 'whisper'}",
         f"model.llada_path={base / 'llada'}",
-        f"data.train_manifests=[{manifests[TRAIN_SPLIT]}]",
-        f"data.valid_manifests=[{manifests[VALID_SPLIT]}]",
-        f"data.feature_cache={work_dir / 'feature_cache'}",  # the recipe's is exp/demo's
+        *data,
     )
     stages = plan_stages(work_dir, shared, (max_steps, stage2_max_steps), tuple(overrides))
     check_stage_order(*stages)
@@ -200,13 +192,40 @@ def retrain(
     metadata = {
         "stages": records,
         "train_wall_seconds": round(sum(r["train_wall_seconds"] for r in records), 1),
+        **provenance(corpus, train_utterances, held_out_utterances),
+    }
+    return export_last(stages[-1].output_dir, out_dir, metadata)
+
+
+def training_data(
+    work_dir: Path, train_utterances: int, held_out_utterances: int | None
+) -> tuple[Path, tuple[str, ...]]:
+    """The work folder's corpus (built once) and the overrides pointing a recipe at its data."""
+    corpus = build_demo_corpus(
+        work_dir / "corpus",
+        with_train=True,
+        train_utterances=train_utterances,
+        held_out_utterances=held_out_utterances,
+    )
+    manifests = prepare_demo_manifests(corpus, work_dir / "manifests")
+    return corpus, (
+        f"data.train_manifests=[{manifests[TRAIN_SPLIT]}]",
+        f"data.valid_manifests=[{manifests[VALID_SPLIT]}]",
+        f"data.feature_cache={work_dir / 'feature_cache'}",  # the recipe's is exp/demo's
+    )
+
+
+def provenance(
+    corpus: Path, train_utterances: int, held_out_utterances: int | None
+) -> dict[str, Any]:
+    """What an export's metadata records of its data and code: seed, corpus, commit."""
+    return {
         "demo_seed": DEMO_SEED,
         "train_utterances": train_utterances,
         HELD_OUT_KEY: held_out_utterances,
         CORPUS_SPEC_KEY: json.loads((corpus / MARKER_NAME).read_text()),
         "git_commit": git_commit(),
     }
-    return export_last(stages[-1].output_dir, out_dir, metadata)
 
 
 def check_arguments(

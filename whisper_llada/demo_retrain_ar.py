@@ -26,36 +26,28 @@ from (path, step and its weights' checksum).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 from whisper_llada.checkpoint import read_checkpoint
 from whisper_llada.config import load_config
 from whisper_llada.demo_recipe import (
-    DEMO_SEED,
-    TRAIN_SPLIT,
     TRAIN_UTTERANCES,
-    build_demo_corpus,
-    prepare_demo_manifests,
     write_demo_base_llama,
 )
 from whisper_llada.demo_retrain import (
-    CORPUS_SPEC_KEY,
-    HELD_OUT_KEY,
     STAGE_DIRS,
-    VALID_SPLIT,
     Stage,
     check_arguments,
     check_process_count,
     export_last,
-    git_commit,
+    provenance,
     read_sessions,
     run_stage,
     stage_record,
     trained_steps,
+    training_data,
 )
-from whisper_llada.synthetic_corpus import MARKER_NAME
 from whisper_llada.train_launch import REPO
 from whisper_llada.train_state import LAST_LINK, WEIGHTS_FILE, last_checkpoint
 
@@ -131,13 +123,7 @@ def retrain_ar(
     check_arguments({"--max-steps": max_steps}, nproc_per_node, overrides, STAGE_KEYS, "retrain-ar")
     stage_one = finished_stage_one(work_dir)
     base = write_base_llama(work_dir / "base")
-    corpus = build_demo_corpus(
-        work_dir / "corpus",
-        with_train=True,
-        train_utterances=train_utterances,
-        held_out_utterances=held_out_utterances,
-    )
-    manifests = prepare_demo_manifests(corpus, work_dir / "manifests")
+    corpus, data = training_data(work_dir, train_utterances, held_out_utterances)
     train_dir = ar_work_dir / AR_TRAIN_DIR
     stage = Stage(
         AR_STAGE,
@@ -146,9 +132,7 @@ def retrain_ar(
         (
             f"model.whisper_path={base / 'whisper'}",
             f"model.llama_path={base / 'llama'}",
-            f"data.train_manifests=[{manifests[TRAIN_SPLIT]}]",
-            f"data.valid_manifests=[{manifests[VALID_SPLIT]}]",
-            f"data.feature_cache={work_dir / 'feature_cache'}",
+            *data,
             f"train.output_dir={train_dir}",
             f"train.init_checkpoint={stage_one}",
             *(() if max_steps is None else (f"train.max_steps={max_steps}",)),
@@ -169,11 +153,7 @@ def retrain_ar(
             "step": started_from["step"],
             "rank_checksums": started_from["rank_checksums"],
         },
-        "demo_seed": DEMO_SEED,
-        "train_utterances": train_utterances,
-        HELD_OUT_KEY: held_out_utterances,
-        CORPUS_SPEC_KEY: json.loads((corpus / MARKER_NAME).read_text()),
-        "git_commit": git_commit(),
+        **provenance(corpus, train_utterances, held_out_utterances),
     }
     return export_last(train_dir, out_dir, metadata)
 
