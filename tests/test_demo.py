@@ -429,7 +429,7 @@ def test_retrain_refuses_to_resume_a_stage_saved_by_other_processes(retrained, t
     assert str(stopped.value) == (
         f"stage 2's last checkpoint in {work / 'train_stage2'} was saved by 2 process(es), and "
         "train.py resumes it only with as many (their data positions and random streams are per "
-        "process): run retrain with --nproc-per-node 2, or delete "
+        "process): run the same command with --nproc-per-node 2, or delete "
         f"{work / 'train_stage2'} to train stage 2 again"
     )
     assert (work / "retrain_sessions.jsonl").read_text() == sessions

@@ -320,7 +320,7 @@ def check_process_count(stage: Stage, nproc_per_node: int) -> None:
     raise SystemExit(
         f"{stage.name}'s last checkpoint in {stage.output_dir} was saved by {saved} "
         f"process(es), and train.py resumes it only with as many (their data positions and "
-        f"random streams are per process): run retrain with --nproc-per-node {saved}, or "
+        f"random streams are per process): run the same command with --nproc-per-node {saved}, or "
         f"delete {stage.output_dir} to train {stage.name} again"
     )
 
