@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from whisper_llada import demo, demo_recipe, demo_retrain, train_launch
+from whisper_llada import demo, demo_recipe, demo_stages, train_launch
 from whisper_llada.build import build_model
 from whisper_llada.checkpoint import load_checkpoint, read_checkpoint
 from whisper_llada.config import load_config, to_dict
@@ -433,7 +433,7 @@ def test_retrain_refuses_to_resume_a_stage_saved_by_other_processes(retrained, t
         f"{work / 'train_stage2'} to train stage 2 again"
     )
     assert (work / "retrain_sessions.jsonl").read_text() == sessions
-    assert demo_retrain.trained_steps(work / "train_stage2") == 2
+    assert demo_stages.trained_steps(work / "train_stage2") == 2
     assert not out.exists()
     # Both finished: exported, with the processes that saved them.
     demo.main([*retrain_command(out, work), "--max-steps", "2", "--stage2-max-steps", "2"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from whisper_llada import demo, demo_retrain
+from whisper_llada import demo, demo_retrain, demo_stages
 from whisper_llada.build import build_model
 from whisper_llada.checkpoint import load_checkpoint, read_checkpoint
 from whisper_llada.config import load_config
@@ -56,7 +56,7 @@ def stage_one(tmp_path_factory, one_thread) -> Path:
         f"data.feature_cache={work / 'feature_cache'}",
     )
     first, _ = demo_retrain.plan_stages(work, shared, (2, None), QUIET)
-    demo_retrain.run_stage(first, work, 1)
+    demo_stages.run_stage(first, work, 1)
     return work
 
 

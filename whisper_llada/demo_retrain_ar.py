@@ -37,16 +37,18 @@ from whisper_llada.demo_recipe import (
 )
 from whisper_llada.demo_retrain import (
     STAGE_DIRS,
-    Stage,
     check_arguments,
-    check_process_count,
     export_last,
     provenance,
+    training_data,
+)
+from whisper_llada.demo_stages import (
+    Stage,
+    check_process_count,
     read_sessions,
     run_stage,
     stage_record,
     trained_steps,
-    training_data,
 )
 from whisper_llada.train_launch import REPO
 from whisper_llada.train_state import LAST_LINK, WEIGHTS_FILE, last_checkpoint
