@@ -17,6 +17,7 @@ import torch
 from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
 
 import train
+from whisper_llada import train_run
 from whisper_llada.build import build_model
 from whisper_llada.checkpoint import (
     CheckpointError,
@@ -231,7 +232,7 @@ def test_nan_losses_in_a_row_stop_the_run(tiny_models, corpus, tmp_path, monkeyp
     with (
         pytest.warns(UserWarning, match="update skipped"),
         pytest.raises(
-            train.NonFiniteLossError,
+            train_run.NonFiniteLossError,
             match=r"2 update\(s\) in a row had a non-finite loss or gradient \(after 0 updates\)",
         ),
     ):
