@@ -43,6 +43,27 @@ def test_paper_configs_hold_the_published_numbers():
     assert (fast.loss.kind, fast.loss.eps, fast.loss.full_mask_prob) == ("llada_sft", 1e-3, 0.2)
 
 
+def test_decode_configs_end_answers_as_their_authors_code_does():
+    decode = {
+        name: load_config(f"configs/decode/{name}.yaml").decode
+        for name in ("decoding", "semi_ar", "diffusion_deliberation", "prior_guided")
+    }
+    assert all(not cfg.eot_ends_answer for cfg in decode.values())  # EOS alone ends an answer
+    assert [decode[name].prune for name in ("decoding", "semi_ar")] == ["none", "none"]
+    assert decode["prior_guided"].prune == "first_pass"
+    released = load_config("configs/decode/dllm_asr_released.yaml").decode
+    assert (released.gen_len, released.block_length, released.steps) == (256, 128, 256)
+    assert (released.threshold, released.prune) == (0.9, "first_pass")
+
+
+def test_a_boolean_prune_names_the_pruning_variants(tmp_path):
+    path = write(tmp_path, "decode:\n  prune: true\n")
+    with pytest.raises(
+        ConfigError, match=r"decode\.prune: True is not one of \['none', 'first_pass'"
+    ):
+        load_config(path)
+
+
 def write(tmp_path, text):
     path = tmp_path / "c.yaml"
     path.write_text(text)

@@ -128,11 +128,18 @@ def assert_batched_equals_per_row(run: Run, predictor: MaskPredictor, batch: int
         alone = run(only_rows(predictor, [row]), [row])
         assert alone.tokens == [batched.tokens[row]], f"row {row}"
         assert alone.forward_passes == [batched.forward_passes[row]], f"row {row}"
+        assert alone.canvases == [batched.canvases[row]], f"row {row}"
     return batched
 
 
-def is_end(token: int) -> bool:
-    return token in (IDS.eos, IDS.eot)
+def is_end(token: int, eot_ends_answer: bool = False) -> bool:
+    """The authors' end: EOS only (EOT too with our option)."""
+    return token == IDS.eos or (eot_ends_answer and token == IDS.eot)
+
+
+def read_off(canvas: Sequence[int]) -> list[int]:
+    """The authors' read-off: batch_decode(skip_special_tokens=True) of the whole canvas."""
+    return [token for token in canvas if token not in (IDS.mask, IDS.eos, IDS.pad, IDS.eot)]
 
 
 def decode(predictor: MaskPredictor, batch_size: int, **options: object) -> DecodeResult:
@@ -155,8 +162,9 @@ def reference_decode(
     remasking: str = "low_confidence",
     threshold: float | None = None,
     seed: int = 0,
+    eot_ends_answer: bool = False,
 ) -> tuple[list[int], int]:
-    """The authors' `decoding` for one row, written as plainly as possible."""
+    """The authors' `decoding` for one row, written as plainly as possible: (answer, passes)."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.full((gen_len,), IDS.mask)
     committed = torch.zeros(gen_len, dtype=torch.bool)
@@ -191,14 +199,14 @@ def reference_decode(
             for position in torch.topk(confidence, min(k, remaining)).indices.tolist():
                 x[position] = candidate[position]
                 committed[position] = True
-            ends = [p for p in range(gen_len) if committed[p] and is_end(int(x[p]))]
+            ends = [
+                p for p in range(gen_len) if committed[p] and is_end(int(x[p]), eot_ends_answer)
+            ]
             if ends:
                 for p in range(ends[0] + 1, gen_len):
                     x[p] = IDS.eos
                     committed[p] = True
-    tokens = x.tolist()
-    stop = next((p for p, t in enumerate(tokens) if is_end(t)), gen_len)
-    return tokens[:stop], passes
+    return read_off(x.tolist()), passes
 
 
 @pytest.mark.parametrize("block_length", [16, 8, 4])
@@ -228,6 +236,21 @@ def test_decode_equals_reference_sampler(
 
 
 @pytest.mark.parametrize("block_length", [16, 4])
+def test_decode_with_eot_ending_the_answer_equals_reference(block_length: int) -> None:
+    predictor = TinyPredictor()
+    result = decode(predictor, 4, block_length=block_length, eot_ends_answer=True)
+    for row in range(4):
+        expected = reference_decode(
+            predictor, row, gen_len=GEN_LEN, steps=GEN_LEN, block_length=block_length,
+            eot_ends_answer=True,
+        )  # fmt: skip
+        assert (result.tokens[row], result.forward_passes[row]) == expected
+    # Row 1 ends with EOT: only the option fills what follows it with EOS.
+    authors = decode(predictor, 4, block_length=block_length)
+    assert authors.canvases[1] != result.canvases[1]
+
+
+@pytest.mark.parametrize("block_length", [16, 4])
 def test_decode_with_threshold_equals_reference(block_length: int) -> None:
     predictor = TinyPredictor(scale=4.0)
     result = diffusion_decode(
@@ -252,9 +275,12 @@ def test_decode_with_threshold_equals_reference(block_length: int) -> None:
         {"temperature": 0.7, "block_length": 8},
         {"remasking": "random", "block_length": 8},
         {"threshold": 0.5, "scale": 4.0},
-        {"prune": True},
-        {"prune": True, "threshold": 0.5, "block_length": 8, "scale": 4.0},
-        {"prune": True, "temperature": 1.0, "remasking": "random", "block_length": 4},
+        {"prune": "first_pass"},
+        {"prune": "every_round", "eot_ends_answer": True},
+        {"prune": "first_pass", "threshold": 0.5, "block_length": 8, "scale": 4.0},
+        {"prune": "every_round", "threshold": 0.5, "block_length": 8, "scale": 4.0},
+        {"prune": "every_round", "temperature": 1.0, "remasking": "random", "block_length": 4},
+        {"eot_ends_answer": True, "block_length": 4},
     ],
 )
 def test_decode_batched_equals_per_row(options: dict) -> None:
@@ -317,31 +343,31 @@ def test_unreachable_threshold_follows_the_plain_schedule() -> None:
 def test_eos_rule_fills_the_rest_with_eos_and_skips_later_blocks() -> None:
     recorder = Recorder(TinyPredictor())
     result = decode(recorder, 4, block_length=4)  # 4 blocks of 4 positions, 4 steps each
-    last_seen: dict[int, list[int]] = {}
     first_ends: dict[int, list[int]] = {}
     for rows, canvas, lengths, _ in recorder.calls:
-        assert lengths.tolist() == [GEN_LEN] * len(rows)  # without prune the size stays
+        assert lengths.tolist() == [GEN_LEN] * len(rows)  # without pruning the size stays
         for row, tokens in zip(rows.tolist(), canvas.tolist(), strict=True):
-            ends = [p for p, t in enumerate(tokens) if is_end(t)]
-            if ends:  # everything after the first committed end is EOS
+            ends = [p for p, t in enumerate(tokens) if t == IDS.eos]
+            if ends:  # everything after the first committed EOS is EOS
                 assert tokens[ends[0] + 1 :] == [IDS.eos] * (GEN_LEN - 1 - ends[0])
                 first_ends.setdefault(row, []).append(ends[0])
-            last_seen[row] = tokens
-    for row, tokens in enumerate(result.tokens):  # the answer is the canvas before its end
-        shown = last_seen[row][: len(tokens)]
-        assert all(s in (t, IDS.mask) for s, t in zip(shown, tokens, strict=True))
     # Row 0 commits EOS at position 6 in the first step of block 1: the rule fills 7..15, block
     # 1 needs two more steps (positions 4, 5) and blocks 2, 3 are skipped: 4 + 3 passes.
-    assert first_ends[0][0] == 6 and len(result.tokens[0]) == 6
-    assert result.forward_passes == [7, 12, 16, 7]
-    # Row 1 first ends with EOT at 11, then commits an end at 10: the answer stops at 10.
-    assert first_ends[1][0] == 11 and len(result.tokens[1]) == 10
+    assert first_ends[0][0] == 6 and result.canvases[0][6:] == [IDS.eos] * 10
+    assert result.tokens[0] == result.canvases[0][:6]
+    assert result.forward_passes == [7, 16, 16, 7]
+    # Row 1 commits EOT at 10 and 11: no end for the authors, so the slots after them stay MASK
+    # and are decoded; the read-off drops only the two EOTs.
+    t = IDS.eot
+    assert 1 not in first_ends
+    assert result.canvases[1] == [5, 7, 5, 18, 5, 18, 13, 18, 5, 5, t, t, 5, 18, 18, 18]
+    assert result.tokens[1] == [5, 7, 5, 18, 5, 18, 13, 18, 5, 5, 5, 18, 18, 18]
     assert len(result.tokens[2]) == GEN_LEN and 2 not in first_ends
 
 
-def test_prune_shows_shorter_canvases() -> None:
+def test_prune_every_round_shows_shorter_canvases() -> None:
     recorder = Recorder(TinyPredictor())
-    pruned = decode(recorder, 4, prune=True)
+    pruned = decode(recorder, 4, prune="every_round", eot_ends_answer=True)
     seen = {}
     for rows, canvas, lengths, _ in recorder.calls:
         for row, tokens, length in zip(
@@ -349,13 +375,154 @@ def test_prune_shows_shorter_canvases() -> None:
         ):
             seen.setdefault(row, []).append(length)
             if length < 16:  # cut right after a committed end token
-                assert is_end(tokens[length - 1]) and not any(map(is_end, tokens[: length - 1]))
+                assert is_end(tokens[length - 1], True)
+                assert not any(is_end(t, True) for t in tokens[: length - 1])
                 assert tokens[length:] == [IDS.pad] * (len(tokens) - length)
     # Each newly committed end left of the old one cuts the canvas further; a row without an
     # end keeps its full canvas.
     assert seen[0] == [16, 7, 5, 4, 4, 4] and seen[3] == [16, 13, 9, 7, 6, 6, 6, 6, 6]
     assert seen[2] == [16] * 16
     assert [len(tokens) for tokens in pruned.tokens] == [3, 10, 16, 5]
+
+
+# ------------------------------------------------- the authors' end handling, forced case by case
+
+SURE = 12.0  # logit that makes the scripted fake sure of a token (probability > 0.99)
+
+
+class Scripted:
+    """A fake whose call i is sure of script[i]'s {position: token} (the last entry repeats);
+    elsewhere it leans to token 4 + position with probability ~0.13, more at the left (no ties).
+    Keeps the canvases and lengths it was shown."""
+
+    def __init__(self, script: list[dict[int, int]]) -> None:
+        self.script = script
+        self.canvases: list[list[list[int]]] = []
+        self.lengths: list[list[int]] = []
+
+    def __call__(self, rows: Tensor, canvas: Tensor, lengths: Tensor) -> Tensor:
+        plan = self.script[min(len(self.canvases), len(self.script) - 1)]
+        self.canvases.append(canvas.tolist())
+        self.lengths.append(lengths.tolist())
+        batch, length = canvas.shape
+        logits = torch.zeros(batch, length, VOCAB, dtype=torch.float64)
+        for position in range(length):
+            logits[:, position, 4 + position] = 1.0 - 0.01 * position
+            if position in plan:
+                logits[:, position, plan[position]] = SURE
+        return logits
+
+
+M, E, T = IDS.mask, IDS.eos, IDS.eot
+
+
+def test_deliberation_keeps_the_words_after_an_eos_committed_in_a_masked_slot() -> None:
+    first = FIRST_PASS[0]  # 10 tokens, int(10 * 0.3) = 3 masked at random
+    masked = masks_in(_first_canvas(first), 10)
+    script = {masked[0]: E, **{p: 19 for p in masked[1:]}}
+    fake = Scripted([script])
+    result = diffusion_deliberation(fake, [first], ids=IDS, mask_ratio=0.3, steps=64, row_seeds=[7])
+    canvas = [E if p == masked[0] else 19 if p in masked else t for p, t in enumerate(first)]
+    assert result.canvases == [canvas]
+    assert result.tokens == [[t for t in canvas if t != E]]  # one slot, one word: 9 words left
+    assert fake.canvases[0][0] == [M if p in masked else t for p, t in enumerate(first)]
+
+
+def _first_canvas(first: list[int]) -> list[int]:
+    """The first deliberation canvas of `first` (ratio 0.3, seed 7), as the decoder shows it."""
+    recorder = Recorder(TinyPredictor(no_end=True))
+    diffusion_deliberation(recorder, [first], ids=IDS, mask_ratio=0.3, steps=1, row_seeds=[7])
+    return recorder.calls[0][1][0].tolist()
+
+
+def test_an_eot_committed_mid_canvas_ends_nothing_unless_asked() -> None:
+    # Step 1 commits EOT at position 2 (the surest); later steps fill the rest, one per step.
+    authors, option = Scripted([{2: T}]), Scripted([{2: T}])
+    kept = decode(authors, 1, gen_len=8, steps=8, block_length=8)
+    ended = decode(option, 1, gen_len=8, steps=8, block_length=8, eot_ends_answer=True)
+    assert authors.canvases[1] == [[M, M, T, M, M, M, M, M]]  # the authors keep MASK after EOT
+    assert kept.canvases == [[4, 5, T, 7, 8, 9, 10, 11]] and kept.forward_passes == [8]
+    assert kept.tokens == [[4, 5, 7, 8, 9, 10, 11]]
+    assert option.canvases[1] == [[M, M, T, E, E, E, E, E]]
+    assert ended.canvases == [[4, 5, T, E, E, E, E, E]] and ended.tokens == [[4, 5]]
+    assert ended.forward_passes == [3]
+
+
+RELEASED = {"gen_len": 8, "steps": 8, "block_length": 4, "threshold": 0.9}  # 2 blocks of 4
+
+
+def test_first_pass_pruning_without_an_eos_prunes_nothing_and_decodes_every_slot() -> None:
+    # Call 1 commits only position 0 (no EOS); call 2 commits EOS at 3; then 1, 2 and block 2.
+    script = [{0: 4}, {3: E}, {1: 5, 2: 6}, {4: 8, 5: 9, 6: 10, 7: 11}]
+    fake = Scripted(script)
+    result = decode(fake, 1, prune="first_pass", **RELEASED)
+    assert fake.lengths == [[8]] * 4  # never cut: the only pruning chance was call 1
+    assert fake.canvases[2] == [[4, M, M, E, M, M, M, M]]  # no end rule after the EOS
+    assert result.canvases == [[4, 5, 6, E, 8, 9, 10, 11]] and result.forward_passes == [4]
+    assert result.tokens == [[4, 5, 6, 8, 9, 10, 11]]
+    # The other two rules on the same logits: the per-round cut and the Whisper-LLaDA fill.
+    every_round = Scripted(script)
+    assert decode(every_round, 1, prune="every_round", **RELEASED).canvases == [[4, 5, 6, E]]
+    assert every_round.lengths == [[8], [8], [4]]
+    filled = decode(Scripted(script), 1, **RELEASED)
+    assert filled.canvases == [[4, 5, 6, E, E, E, E, E]] and filled.forward_passes == [3]
+
+
+def test_first_pass_pruning_cuts_before_the_first_eos_of_the_first_call_only() -> None:
+    # Call 1 commits 0 and EOS at 2 (cut: length 2, the EOS dropped, block 2 gone); call 2
+    # commits an EOS at 1, which only loses its own slot.
+    fake = Scripted([{0: 4, 2: E, 3: E}, {1: E}])
+    result = decode(fake, 1, prune="first_pass", **RELEASED)
+    assert fake.lengths == [[8], [2]]
+    assert result.canvases == [[4, E]] and result.tokens == [[4]]
+    assert result.forward_passes == [2]  # the released code spends a third on the empty block
+
+
+def reference_released_generate(
+    predictor: MaskPredictor, row: int, *, gen_len: int, block_length: int, threshold: float
+) -> tuple[list[int], list[int], int]:
+    """The released dLLM-ASR `generate` for one row, as plainly as possible (systems.md).
+
+    Returns (canvas, answer, passes), passes not counting the call the released code makes on
+    a block that the cut emptied (it commits nothing).
+    """
+    x = [IDS.mask] * gen_len
+    passes = calls = 0
+    for block in range(gen_len // block_length):
+        low, high = block * block_length, (block + 1) * block_length
+        while True:
+            calls += 1
+            has_mask = IDS.mask in x[low:high]
+            logits = predictor(torch.tensor([row]), torch.tensor([x]), torch.tensor([len(x)]))[0]
+            passes += has_mask
+            probs = logits.double().softmax(-1)
+            confidence = [
+                float(probs[p].max()) if x[p] == IDS.mask and p < high else -math.inf
+                for p in range(len(x))
+            ]
+            chosen = {p for p, c in enumerate(confidence) if c >= threshold}
+            chosen.add(max(range(len(x)), key=lambda p: (confidence[p], -p)))
+            for p in chosen:
+                if x[p] == IDS.mask:
+                    x[p] = int(logits[p].argmax())
+            if calls == 1 and IDS.eos in x:  # prune once, right before the first EOS
+                x = x[: x.index(IDS.eos)]
+            if IDS.mask not in x[low:high]:
+                break
+    return x, read_off(x), passes
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0, 8.0])
+def test_first_pass_pruning_equals_the_released_code(scale: float) -> None:
+    predictor = TinyPredictor(scale=scale, ends={0: (2, IDS.eos), 1: (9, IDS.eot), 3: (5, IDS.eos)})
+    options = {"gen_len": GEN_LEN, "steps": GEN_LEN, "block_length": GEN_LEN // 2}
+    result = diffusion_decode(predictor, 4, ids=IDS, threshold=0.9, prune="first_pass", **options)
+    for row in range(4):
+        canvas, answer, passes = reference_released_generate(
+            predictor, row, gen_len=GEN_LEN, block_length=GEN_LEN // 2, threshold=0.9
+        )
+        assert result.canvases[row] == canvas and result.tokens[row] == answer
+        assert result.forward_passes[row] == passes
 
 
 def test_decode_rejects_bad_arguments() -> None:
@@ -508,11 +675,12 @@ PRIOR_CONFIDENCES = [
     "options",
     [
         {},
-        {"prune": False},
+        {"prune": "none"},
+        {"prune": "every_round", "eot_ends_answer": True},
         {"prior_treatment": "mask_below", "prior_confidences": PRIOR_CONFIDENCES},
         {"early_exit": False, "max_rounds": 8},
-        {"threshold": 0.3, "margin": 2, "prune": False, "max_rounds": 3},
-        {"scale": 4.0, "margin": 0},
+        {"threshold": 0.3, "margin": 2, "prune": "none", "max_rounds": 3},
+        {"scale": 4.0, "margin": 0, "prune": "every_round"},
     ],
 )
 def test_prior_guided_batched_equals_per_row(options: dict) -> None:
@@ -587,17 +755,34 @@ def test_prune_cuts_the_canvas_after_a_committed_end() -> None:
     # Row 0 commits EOS at position 2 in round 1, row 1 commits EOT at position 1 and is done.
     ends = {0: (2, IDS.eos), 1: (1, IDS.eot)}
     seen = {}
-    for prune in (True, False):
+    for prune in ("every_round", "none"):
         recorder = Recorder(TinyPredictor(scale=4.0, ends=ends))
-        result = prior_guided_decode(recorder, PRIORS[:2], ids=IDS, prune=prune)
-        assert result == DecodeResult(tokens=[[4, 9], [5]], forward_passes=[2, 1])
+        result = prior_guided_decode(
+            recorder, PRIORS[:2], ids=IDS, prune=prune, eot_ends_answer=True
+        )
+        assert result.tokens == [[4, 9], [5]] and result.forward_passes == [2, 1]
         seen[prune] = [
             (lengths.tolist(), canvas.tolist()) for _, canvas, lengths, _ in recorder.calls
         ]
-    assert [lengths for lengths, _ in seen[True]] == [[11, 7], [3]]
-    assert seen[True][1][1] == [[13, 10, IDS.eos]]
-    assert [lengths for lengths, _ in seen[False]] == [[11, 7], [11]]
-    assert seen[False][1][1] == [[13, 10, *[IDS.eos] * 9]]
+    assert [lengths for lengths, _ in seen["every_round"]] == [[11, 7], [3]]
+    assert seen["every_round"][1][1] == [[13, 10, IDS.eos]]
+    assert [lengths for lengths, _ in seen["none"]] == [[11, 7], [11]]
+    assert seen["none"][1][1] == [[13, 10, *[IDS.eos] * 9]]
+
+
+def test_prior_guided_prunes_once_before_the_first_eos_by_default() -> None:
+    # Round 1 commits EOS at 2 of a canvas of 6 + 4 + 1 slots: cut to 2, the EOS dropped.
+    script = [{0: 9, 2: E}, {1: 8, 5: E}, {}]
+    fake = Scripted(script)
+    result = prior_guided_decode(fake, PRIORS[:1], ids=IDS, margin=4)
+    assert fake.lengths == [[11], [2]] and result.canvases == [[9, 8]]
+    # Without an EOS in round 1 the cut drops the trailing EOS (7 -> 6 slots); an EOS committed
+    # later at 5 ends nothing: every slot is decoded and the read-off drops only the EOS.
+    fake = Scripted([{0: 9}, *script[1:]])
+    result = prior_guided_decode(fake, PRIORS[1:2], ids=IDS, margin=4)
+    assert fake.canvases[0] == [[4, 5, M, M, M, M, E]]
+    assert fake.lengths == [[7], [6], [6], [6], [6]]
+    assert result.canvases == [[9, 8, 6, 7, 8, E]] and result.tokens == [[9, 8, 6, 7, 8]]
 
 
 def test_prior_guided_empty_prior() -> None:
@@ -606,7 +791,7 @@ def test_prior_guided_empty_prior() -> None:
     assert recorder.calls[0][1].tolist() == [[IDS.mask, IDS.mask, IDS.eos]] * 2
     assert [len(tokens) for tokens in result.tokens] == [2, 2]
     nothing = prior_guided_decode(Recorder(TinyPredictor()), [[]], ids=IDS, margin=0)
-    assert nothing == DecodeResult(tokens=[[]], forward_passes=[0])
+    assert nothing == DecodeResult(tokens=[[]], forward_passes=[0], canvases=[[IDS.eos]])
 
 
 def test_prior_guided_rejects_bad_arguments() -> None:

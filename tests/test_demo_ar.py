@@ -39,7 +39,7 @@ PRIOR_GUIDED = (
     "decode.mode=prior_guided",
     "decode.first_pass=model",
     "decode.threshold=0.9",
-    "decode.prune=true",
+    "decode.prune=first_pass",
     "decode.early_exit=true",
     "decode.prior_treatment=visible",
 )

@@ -16,7 +16,12 @@ MODES = {
     "diffusion": {},
     "semi_ar": {"block_length": 8},
     "random_remasking_sampled": {"remasking": "random", "temperature": 0.7},
-    "threshold_prune": {"threshold": 0.05, "prune": True},
+    "threshold_prune_first_pass": {"threshold": 0.05, "prune": "first_pass"},
+    "threshold_prune_every_round": {
+        "threshold": 0.05,
+        "prune": "every_round",
+        "eot_ends_answer": True,
+    },
     "diffusion_deliberation_random": {
         "mode": "diffusion_deliberation",
         "masking_type": "random",
@@ -31,7 +36,7 @@ MODES = {
         "mode": "prior_guided",
         "first_pass": "ctc",
         "threshold": 0.05,
-        "prune": True,
+        "prune": "every_round",
     },
     "prior_guided_mask_below": {
         "mode": "prior_guided",
@@ -39,6 +44,7 @@ MODES = {
         "threshold": 0.05,
         "prior_treatment": "mask_below",
         "prior_confidence_floor": 0.5,
+        "prune": "first_pass",
     },
     "prior_guided_no_early_exit": {
         "mode": "prior_guided",

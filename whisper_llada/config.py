@@ -144,7 +144,11 @@ class DecodeConfig:
     remasking: Literal["low_confidence", "random"] = "low_confidence"
     temperature: float = 0.0
     threshold: float | None = None  # confidence-threshold commits (tau); None: fixed schedule
-    prune: bool = False  # length-adaptive pruning after the first committed EOS
+    # Length-adaptive pruning (decoding.py): "none" = Whisper-LLaDA's EOS rule (fill with EOS);
+    # "first_pass" = released dLLM-ASR code (cut once, before the EOS of the first pass);
+    # "every_round" = ours (cut after the first committed end after every pass).
+    prune: Literal["none", "first_pass", "every_round"] = "none"
+    eot_ends_answer: bool = False  # ours: <|eot_id|> ends the answer like EOS (authors: EOS only)
     early_exit: bool = True  # prior_guided: threshold commits; false = one commit per round
     # Where deliberation / prior_guided get their first pass: the manifest's field, the CTC head,
     # or "model": another model decoding first in the same run (inference.first_pass_config).

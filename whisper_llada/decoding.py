@@ -8,6 +8,19 @@ batched with per-row schedules, randomness and ends, plus dLLM-ASR's `threshold`
 as options. `whisper_llada.deliberation` and `whisper_llada.prior_guided` reuse the building
 blocks defined here (`Canvas`, `predict`, `candidates_and_confidence`, `commit_top_k`,
 `denoise`, `apply_end_rule`, `answer_tokens`).
+
+How an answer ends, as both authors code it (systems.md):
+- Read-off: every decoder returns the non-special tokens of its whole final canvas, what the
+  authors' `batch_decode(..., skip_special_tokens=True)` keeps, so an EOS committed in one slot
+  of a deliberation canvas removes only that slot.
+- End token: only EOS ends an answer (the Whisper-LLaDA EOS rule and dLLM-ASR's pruning test
+  the tokenizer's EOS / pad id, which are one id in LLaDA). `eot_ends_answer=True` also ends it
+  at `<|eot_id|>`: our option, for recipes whose targets end with it (`model.answer_suffix`).
+- Pruning (`Pruning`): "none" is Whisper-LLaDA's EOS rule (everything after the first committed
+  EOS becomes a committed EOS); "first_pass" is the released dLLM-ASR code (after the first
+  predictor call the canvas is cut right before the first committed EOS, which is dropped,
+  then every remaining slot is decoded with no end rule); "every_round" is our reading of the
+  paper's "dynamically": after every call the canvas is cut right after the first committed end.
 Dimensions: B rows, L canvas positions (answer tokens), V vocabulary, R active rows (<= B).
 """
 
@@ -15,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import torch
@@ -34,6 +47,8 @@ Returns (R, L, V) float logits at the canvas positions.
 
 Remasking = Literal["low_confidence", "random"]
 REMASKINGS: tuple[str, ...] = get_args(Remasking)
+Pruning = Literal["none", "first_pass", "every_round"]
+PRUNINGS: tuple[str, ...] = get_args(Pruning)
 # LLaDA samples with Gumbel-max in float64: in lower precision the noise is too coarse and
 # sampling quality drops. Random-remasking confidences are float64 too, so ties cannot happen.
 NOISE_DTYPE = torch.float64
@@ -41,20 +56,32 @@ NOISE_DTYPE = torch.float64
 
 @dataclass(frozen=True)
 class TokenIds:
-    """Special token ids the decoders need (from the tokenizer / config, never hard-coded)."""
+    """Special token ids the decoders need (from the tokenizer / config, never hard-coded).
+
+    `special` holds the tokenizer's other special tokens (BOS, headers, ...): the read-off drops
+    them with mask / eos / pad / eot, as `skip_special_tokens` does.
+    """
 
     mask: int
     eos: int
     pad: int
     eot: int
+    special: frozenset[int] = frozenset()
+
+    def dropped(self) -> frozenset[int]:
+        """Every id the read-off drops."""
+        return self.special | {self.mask, self.eos, self.pad, self.eot}
 
 
 @dataclass
 class DecodeResult:
-    """Per row: the answer tokens before the first EOS / EOT, and the predictor calls it took part in."""
+    """Per row: the answer (non-special tokens of the final canvas), the predictor calls it took
+    part in, and the final canvas itself (within the row's length, special tokens kept; empty
+    for autoregressive decoding, which has no canvas)."""
 
     tokens: list[list[int]]
     forward_passes: list[int]
+    canvases: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +112,12 @@ class Canvas:
     def positions(self) -> Tensor:
         """(1, L) position index, to compare with per-row (R, 1) bounds."""
         return torch.arange(self.tokens.shape[1], device=self.tokens.device)[None]
+
+
+def check_pruning(prune: str) -> None:
+    """Raise ValueError unless prune is one of PRUNINGS."""
+    if prune not in PRUNINGS:
+        raise ValueError(f"unknown prune {prune!r}: choose one of {', '.join(PRUNINGS)}")
 
 
 def check_threshold(threshold: float | None) -> None:
@@ -192,9 +225,10 @@ def commit_top_k(confidence: Tensor, k: Tensor) -> Tensor:
     return ranks < k[:, None]
 
 
-def is_end_token(tokens: Tensor, ids: TokenIds) -> Tensor:
-    """Elementwise: is this token an answer end (EOS or EOT)?"""
-    return (tokens == ids.eos) | (tokens == ids.eot)
+def is_end_token(tokens: Tensor, ids: TokenIds, *, eot_ends_answer: bool) -> Tensor:
+    """Elementwise: does this token end an answer (EOS, and EOT with eot_ends_answer)?"""
+    ends = tokens == ids.eos
+    return ends | (tokens == ids.eot) if eot_ends_answer else ends
 
 
 def first_true(mask: Tensor, fallback: Tensor) -> Tensor:
@@ -204,34 +238,48 @@ def first_true(mask: Tensor, fallback: Tensor) -> Tensor:
     return torch.where(mask.any(dim=1), mask.int().argmax(dim=1), fallback)
 
 
-def apply_end_rule(canvas: Canvas, rows: Tensor, ids: TokenIds, *, prune: bool) -> None:
-    """The authors' EOS rule, per row: nothing after the first committed EOS / EOT stays open.
+def apply_end_rule(
+    canvas: Canvas, rows: Tensor, ids: TokenIds, *, prune: Pruning, eot_ends_answer: bool
+) -> None:
+    """After a predictor call over `rows`, the end rule of `prune` (module docstring), in place.
 
-    Without `prune` every position after that end becomes a committed EOS (it stays in the
-    canvas); with `prune` the canvas is cut right after the end (length shrinks, the cut
-    positions become PAD) so later predictor calls do not pay for dead positions.
+    Let e be a row's first committed end token. "none": every position after e becomes a
+    committed EOS (it stays in the canvas). "every_round": the canvas is cut right after e
+    (length e + 1, the cut positions become PAD). "first_pass": only after the row's first
+    call, the canvas is cut right before e (length e); later calls change nothing.
     """
+    if prune == "first_pass":
+        rows = rows[canvas.passes[rows] == 1]
     lengths = canvas.lengths[rows]
     tokens = canvas.tokens[rows]
     positions = canvas.positions()
     inside = positions < lengths[:, None]
-    first_end = first_true(is_end_token(tokens, ids) & ~canvas.pending[rows] & inside, lengths)
-    after = inside & (positions > first_end[:, None])  # (R, L)
-    tokens[after] = ids.pad if prune else ids.eos
-    pending = canvas.pending[rows] & ~after
+    committed_end = is_end_token(tokens, ids, eot_ends_answer=eot_ends_answer)
+    first_end = first_true(committed_end & ~canvas.pending[rows] & inside, lengths)
+    keep = first_end if prune == "first_pass" else first_end + 1
+    after = inside & (positions >= keep[:, None])  # (R, L)
+    tokens[after] = ids.eos if prune == "none" else ids.pad
     canvas.tokens[rows] = tokens
-    canvas.pending[rows] = pending
-    if prune:
-        canvas.lengths[rows] = torch.minimum(lengths, first_end + 1)
+    canvas.pending[rows] = canvas.pending[rows] & ~after
+    if prune != "none":
+        canvas.lengths[rows] = torch.minimum(lengths, keep)
 
 
 def answer_tokens(canvas: Canvas, ids: TokenIds) -> list[list[int]]:
-    """Each row's tokens before its first EOS / EOT (committed or not), as Python lists."""
-    inside = canvas.positions() < canvas.lengths[:, None]
-    ends = is_end_token(canvas.tokens, ids) & inside  # (B, L)
-    stops = first_true(ends, canvas.lengths)
+    """Each row's canvas without special tokens (the authors' skip_special_tokens read-off)."""
+    dropped = ids.dropped()
+    return [[token for token in row if token not in dropped] for row in final_canvases(canvas)]
+
+
+def final_canvases(canvas: Canvas) -> list[list[int]]:
+    """Each row's canvas within its length, as Python lists."""
     tokens = canvas.tokens.cpu()
-    return [tokens[row, :stop].tolist() for row, stop in enumerate(stops.tolist())]
+    return [tokens[row, :length].tolist() for row, length in enumerate(canvas.lengths.tolist())]
+
+
+def result_of(canvas: Canvas, ids: TokenIds) -> DecodeResult:
+    """The DecodeResult of a finished canvas."""
+    return DecodeResult(answer_tokens(canvas, ids), canvas.passes.tolist(), final_canvases(canvas))
 
 
 def scheduled_commits(block_pending: Tensor, steps: int, step: Tensor) -> Tensor:
@@ -253,7 +301,8 @@ def denoise(
     remasking: Remasking = "low_confidence",
     threshold: float | None = None,
     end_rule: bool = False,
-    prune: bool = False,
+    prune: Pruning = "none",
+    eot_ends_answer: bool = False,
     generators: Sequence[torch.Generator] | None = None,
 ) -> None:
     """Commit every pending position of the canvas, block by block, with LLaDA's sampler (in place).
@@ -265,7 +314,7 @@ def denoise(
     skipped, so a block takes min(s, M) predictor calls. Each step every active row takes part
     in one predictor call and commits its k most confident pending positions of the block.
     With `threshold` it commits max(k, #positions with confidence >= threshold), so a block
-    never takes more than its share of steps. With `end_rule` the authors' EOS rule
+    never takes more than its share of steps. With `end_rule` the end rule of `prune`
     (`apply_end_rule`) follows every step; if it empties the block, the row moves on at once.
     A row leaves the computation as soon as nothing is pending.
 
@@ -317,7 +366,7 @@ def denoise(
         canvas.pending[active, :width] = pending[:, :width] & ~commit
         step[active] += 1
         if end_rule:
-            apply_end_rule(canvas, active, ids, prune=prune)
+            apply_end_rule(canvas, active, ids, prune=prune, eot_ends_answer=eot_ends_answer)
 
 
 def _check_decode_arguments(
@@ -368,7 +417,8 @@ def diffusion_decode(
     temperature: float = 0.0,
     remasking: Remasking = "low_confidence",
     threshold: float | None = None,
-    prune: bool = False,
+    prune: Pruning = "none",
+    eot_ends_answer: bool = False,
     row_seeds: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
 ) -> DecodeResult:
@@ -382,19 +432,23 @@ def diffusion_decode(
     committed; committed tokens are never re-masked. So without an early end a row takes
     exactly min(steps, gen_len) predictor calls.
 
-    EOS rule (the authors', applied per row after every step): let e be the first committed
-    EOS or EOT of the row (EOT ends dLLM-ASR targets); every position after e becomes a
-    committed EOS, even one committed before (the answer stops at e, so only the context the
-    predictor sees changes). Those positions are no longer pending, so all later blocks are
-    skipped; the row still finishes its current block (the masks left of e keep the block's
-    schedule, capped at what is left) and is done when no MASK remains before e. A later EOS
-    committed left of e moves e left.
+    EOS rule (the authors', prune="none", applied per row after every step): let e be the
+    first committed EOS of the row (or EOT, with eot_ends_answer); every position after e
+    becomes a committed EOS, even one committed before (so only the context the predictor sees
+    changes). Those positions are no longer pending, so all later blocks are skipped; the row
+    still finishes its current block (the masks left of e keep the block's schedule, capped at
+    what is left) and is done when no MASK remains before e. A later EOS committed left of e
+    moves e left.
 
     Options: `threshold` tau commits every masked position of the block whose confidence is
     >= tau, and never fewer than the schedule's k (hence at least the most confident one):
     steps become data dependent and `steps` only an upper bound (with steps == gen_len the
-    floor is one token, Fast-dLLM's rule). `prune` cuts the canvas right after e instead of
-    filling it with EOS, so later calls see shorter canvases.
+    floor is one token, Fast-dLLM's rule). `prune="first_pass"` is the released dLLM-ASR
+    code (with gen_len 256, block_length 128, steps 256, threshold 0.9): after the first step
+    the canvas is cut right before e, then every slot left is decoded, no end rule.
+    `prune="every_round"` cuts the canvas right after e after every step instead of filling
+    it with EOS. Both make later calls see shorter canvases. A block emptied by a cut costs no
+    call (the released code spends one pass on it: pass counts only, never tokens).
 
     Args:
         predictor: the mask predictor, called once per step with all active rows.
@@ -408,11 +462,12 @@ def diffusion_decode(
         device: where the canvas, the random draws and the bookkeeping live (the predictor's).
 
     Returns:
-        DecodeResult with B token lists (before the first EOS / EOT) and B pass counts.
+        DecodeResult: B answers (the canvases' non-special tokens), pass counts, canvases.
     """
     _check_decode_arguments(
         batch_size, gen_len, steps, block_length, temperature, remasking, threshold
     )
+    check_pruning(prune)
     generators = row_generators(batch_size, row_seeds, device)
     canvas = Canvas.from_rows([[ids.mask] * gen_len] * batch_size, pad=ids.pad, device=device)
     canvas.pending[:] = True
@@ -427,6 +482,7 @@ def diffusion_decode(
         threshold=threshold,
         end_rule=True,
         prune=prune,
+        eot_ends_answer=eot_ends_answer,
         generators=generators,
     )
-    return DecodeResult(answer_tokens(canvas, ids), canvas.passes.tolist())
+    return result_of(canvas, ids)

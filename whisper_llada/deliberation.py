@@ -8,8 +8,13 @@ sampler at temperature 0 (`whisper_llada.decoding.denoise`):
   where the model finds the first-pass token least likely;
 - `semi_ar_deliberation` masks one chunk at a time, left to right.
 
-The canvas length never changes, so the authors' EOS rule is not applied; like every decoder,
-the result stops at the first EOS / EOT (a model that commits one cuts the transcript there).
+The canvas length never changes and no end rule applies: one slot, one word, as in the paper.
+Like every decoder the answer is the canvas's non-special tokens (the authors' read-off), so an
+EOS committed in a masked slot deletes only that word.
+
+Deliberate differences from the authors' code, which raises ZeroDivisionError in both cases:
+a row with int(len * mask_ratio) == 0 masks nothing and returns its first pass (0 passes), and
+semi-AR deliberation with steps < num_chunks is a ValueError before anything runs.
 Dimensions: B rows, L canvas positions (first-pass tokens), V vocabulary, R active rows.
 """
 
@@ -26,10 +31,10 @@ from whisper_llada.decoding import (
     DecodeResult,
     MaskPredictor,
     TokenIds,
-    answer_tokens,
     commit_top_k,
     denoise,
     predict,
+    result_of,
     row_generators,
 )
 
@@ -95,7 +100,7 @@ def diffusion_deliberation(
     low-confidence sampler at temperature 0 with the whole canvas as one block and the LLaDA
     schedule over the masks. Rows with no mask (int(len * mask_ratio) == 0, e.g. a short or
     empty first pass) are never sent to the predictor, not even for scoring: they return
-    their first pass unchanged (cut at an EOS / EOT if it holds one) with 0 passes.
+    their first pass unchanged (without special tokens) with 0 passes.
 
     Args:
         predictor: the mask predictor.
@@ -135,7 +140,7 @@ def diffusion_deliberation(
         block_length=max(canvas.tokens.shape[1], 1),
         steps_per_block=steps,
     )
-    return DecodeResult(answer_tokens(canvas, ids), canvas.passes.tolist())
+    return result_of(canvas, ids)
 
 
 def semi_ar_deliberation(
@@ -190,4 +195,4 @@ def semi_ar_deliberation(
             block_length=max(canvas.tokens.shape[1], 1),
             steps_per_block=steps // num_chunks,
         )
-    return DecodeResult(answer_tokens(canvas, ids), canvas.passes.tolist())
+    return result_of(canvas, ids)

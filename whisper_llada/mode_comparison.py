@@ -40,9 +40,16 @@ AR_MODE = "autoregressive (greedy, KV cache)"  # the AR model alone: the speed-u
 AR_DECODE = ("decode.mode=autoregressive", "decode.num_beams=1")  # on the AR model's config
 THRESHOLD = 0.9  # dLLM-ASR's tau for confidence-threshold commits
 SEMI_AR_BLOCKS = (2, 4)
+# The two pruning variants (decoding.py): the released dLLM-ASR code's and the per-round one.
+PRUNING_ROWS = {"once": "first_pass", "every round": "every_round"}
 # Every mode starts from these, so decoding options of the model's own config never leak into a
 # row that does not name them (the prefix cache, for one, applies to every mode).
-NEUTRAL_DECODE = ("decode.threshold=null", "decode.prune=false", "decode.prefix_cache=false")
+NEUTRAL_DECODE = (
+    "decode.threshold=null",
+    "decode.prune=none",
+    "decode.eot_ends_answer=false",
+    "decode.prefix_cache=false",
+)
 
 Decoder = Callable[[], tuple]  # () -> `transcribe.load_decoder`'s (model, tokenizer), built once
 
@@ -52,7 +59,8 @@ def standard_modes(gen_len: int) -> dict[str, tuple[str, ...]]:
 
     The diffusion modes fill `gen_len` slots in `gen_len` steps; the deliberation modes re-mask
     the CTC draft (mask ratio, chunks and steps as the config says); prior-guided decoding
-    seeds its canvas with the CTC draft (threshold 0.9, pruning, early exit).
+    seeds its canvas with the CTC draft (threshold 0.9, the released code's pruning, early
+    exit); both pruning variants have rows.
 
     Raises:
         ValueError: gen_len does not split into the semi-AR blocks.
@@ -74,28 +82,32 @@ def standard_modes(gen_len: int) -> dict[str, tuple[str, ...]]:
             for blocks in SEMI_AR_BLOCKS
         },
         f"diffusion, threshold {THRESHOLD}": (*diffusion, f"decode.threshold={THRESHOLD}"),
-        f"diffusion, threshold {THRESHOLD} + prune": (
-            *diffusion,
-            f"decode.threshold={THRESHOLD}",
-            "decode.prune=true",
-        ),
+        **{
+            f"diffusion, threshold {THRESHOLD} + prune {label}": (
+                *diffusion,
+                f"decode.threshold={THRESHOLD}",
+                f"decode.prune={prune}",
+            )
+            for label, prune in PRUNING_ROWS.items()
+        },
         "deliberation, random mask": (*deliberation, "decode.masking_type=random"),
         "deliberation, low-confidence mask": (*deliberation, "decode.masking_type=low_confidence"),
         "semi-AR deliberation": ("decode.mode=semi_ar_deliberation", "decode.first_pass=ctc"),
         "prior-guided": prior,
-        "prior-guided, no pruning": (*prior, "decode.prune=false"),
+        "prior-guided, prune every round": (*prior, "decode.prune=every_round"),
+        "prior-guided, no pruning": (*prior, "decode.prune=none"),
         "prior-guided + prefix cache": (*prior, "decode.prefix_cache=true"),
         "prior-guided, mask below floor": (*prior, "decode.prior_treatment=mask_below"),
     }
 
 
 def _prior_guided(first_pass: str) -> tuple[str, ...]:
-    """dLLM-ASR's decoding (threshold 0.9, pruning, early exit) from the named first pass."""
+    """dLLM-ASR's decoding (threshold 0.9, pruning once as released, early exit) from `first_pass`."""
     return (
         "decode.mode=prior_guided",
         f"decode.first_pass={first_pass}",
         f"decode.threshold={THRESHOLD}",
-        "decode.prune=true",
+        "decode.prune=first_pass",
         "decode.early_exit=true",
         "decode.prior_treatment=visible",
     )

@@ -3,8 +3,12 @@
 One row's canvas is its prior (the CTC draft, `whisper_llada.ctc`), then `margin` MASK slots,
 then one EOS: its size follows the draft instead of a fixed 128. Each round is one predictor
 call over the active rows; every pending position whose top probability is >= threshold is
-committed to its argmax, and always at least the most confident one (early exit). After each
-round the canvas is cut right after the first committed EOS / EOT (length-adaptive pruning).
+committed to its argmax, and always at least the most confident one (early exit).
+Length-adaptive pruning (`prune`, see whisper_llada.decoding): "first_pass", as the released
+dLLM-ASR code prunes, cuts the canvas once, after the first round, right before the first
+committed EOS (the trailing EOS at the latest), then decodes every slot left; "every_round"
+cuts it after every round right after the first committed end; "none" fills what follows the
+first committed end with EOS. The answer is the canvas's non-special tokens.
 The prompt + audio prefix is the same every round; caching its keys and values is the
 predictor's business (it knows the rows through `rows`).
 
@@ -21,8 +25,8 @@ Choices made here where the dLLM-ASR paper is silent (systems.md):
 - "mask_below": prior tokens whose prior confidence is below prior_confidence_floor start as
   MASK and, like margin slots, show MASK until committed; the others behave as "visible".
   Without prior_confidences every prior token counts as confident (same as "visible").
-- Only committed EOS / EOT end a row; an uncommitted guess of EOS does not prune anything.
-  Without pruning, positions after the end become committed EOS and stay in the canvas.
+- Only a committed EOS (or EOT, with eot_ends_answer) ends a row; an uncommitted guess of EOS
+  does not prune anything.
 - After max_rounds rounds every still-pending position takes its latest argmax. With
   early_exit off exactly one position commits per round (committed tokens never change except
   that the end rule overwrites what lies after a committed end), so a canvas of n pending
@@ -43,13 +47,15 @@ from whisper_llada.decoding import (
     Canvas,
     DecodeResult,
     MaskPredictor,
+    Pruning,
     TokenIds,
-    answer_tokens,
     apply_end_rule,
     candidates_and_confidence,
+    check_pruning,
     check_threshold,
     commit_top_k,
     predict,
+    result_of,
 )
 
 PriorTreatment = Literal["visible", "mask_below"]
@@ -128,7 +134,8 @@ def prior_guided_decode(
     prior_confidences: Sequence[Sequence[float]] | None = None,
     margin: int = 4,
     threshold: float = 0.9,
-    prune: bool = True,
+    prune: Pruning = "first_pass",
+    eot_ends_answer: bool = False,
     max_rounds: int = 32,
     prior_treatment: PriorTreatment = "visible",
     prior_confidence_floor: float = 0.5,
@@ -146,7 +153,8 @@ def prior_guided_decode(
         prior_confidences: B lists, one confidence per prior token (for "mask_below").
         margin: MASK slots after the prior, >= 0.
         threshold: tau in (0, 1]; a pending position commits once its top probability >= tau.
-        prune: cut the canvas after the first committed EOS / EOT (else fill it with EOS).
+        prune: "first_pass", "every_round" or "none" (module docstring).
+        eot_ends_answer: EOT ends the answer as EOS does.
         max_rounds: most predictor calls per row, >= 1.
         prior_treatment: "visible" or "mask_below".
         prior_confidence_floor: prior tokens below it start as MASK under "mask_below".
@@ -154,7 +162,7 @@ def prior_guided_decode(
         device: where the canvas lives (the predictor's device).
 
     Returns:
-        DecodeResult: tokens before the first EOS / EOT; passes <= max_rounds per row.
+        DecodeResult: the canvases' non-special tokens; passes <= max_rounds per row.
     """
     _check_arguments(
         priors,
@@ -165,6 +173,7 @@ def prior_guided_decode(
         prior_treatment,
         prior_confidence_floor,
     )
+    check_pruning(prune)
     canvas, hidden = _initial_canvas(
         priors,
         prior_confidences,
@@ -195,6 +204,6 @@ def prior_guided_decode(
             shown, candidates, canvas.tokens[active, :width]
         )
         canvas.pending[active, :width] = pending & ~commit
-        apply_end_rule(canvas, active, ids, prune=prune)
+        apply_end_rule(canvas, active, ids, prune=prune, eot_ends_answer=eot_ends_answer)
     canvas.tokens = torch.where(canvas.pending, guesses, canvas.tokens)
-    return DecodeResult(answer_tokens(canvas, ids), canvas.passes.tolist())
+    return result_of(canvas, ids)

@@ -94,7 +94,8 @@ def recognize(
             model, tokenizer, audio, cfg, first_passes, len(waves)
         )
         seeds = [row_seed(u, cfg.seed) for u in utterance_ids]
-        result = run_mode(predictor, cfg, token_ids(model), priors, confidences, seeds, device)
+        ids = token_ids(model, tokenizer)
+        result = run_mode(predictor, cfg, ids, priors, confidences, seeds, device)
     cache_passes = 0 if cache is None else 1
     return [
         Hypothesis(
@@ -124,9 +125,17 @@ def check_mode(model: SpeechLLM, cfg: DecodeConfig) -> None:
         )
 
 
-def token_ids(model: WhisperLLaDA) -> TokenIds:
+def token_ids(model: WhisperLLaDA, tokenizer: PreTrainedTokenizerFast) -> TokenIds:
+    """The decoders' token ids; `special` is every token the tokenizer's skip_special_tokens drops."""
     special = model.special
-    return TokenIds(mask=special.mask, eos=special.eos, pad=special.pad, eot=special.eot)
+    skipped = {index for index, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return TokenIds(
+        mask=special.mask,
+        eos=special.eos,
+        pad=special.pad,
+        eot=special.eot,
+        special=frozenset(skipped | set(tokenizer.all_special_ids)),
+    )
 
 
 def first_pass_tokens(model, tokenizer, audio, cfg: DecodeConfig, first_passes, batch: int):
@@ -164,6 +173,7 @@ def run_mode(
             remasking=cfg.remasking,
             threshold=cfg.threshold,
             prune=cfg.prune,
+            eot_ends_answer=cfg.eot_ends_answer,
             row_seeds=seeds,
             device=device,
         )
@@ -192,6 +202,7 @@ def run_mode(
         margin=cfg.margin,
         threshold=cfg.threshold,
         prune=cfg.prune,
+        eot_ends_answer=cfg.eot_ends_answer,
         max_rounds=cfg.max_rounds,
         prior_treatment=cfg.prior_treatment,
         prior_confidence_floor=cfg.prior_confidence_floor,
