@@ -277,3 +277,17 @@ def test_training_with_drafts_visible_changes_the_canvas_and_needs_the_ctc_head(
     model.ctc_head = None
     with pytest.raises(ValueError, match=r"^loss\.draft_prob > 0 shows the CTC draft"):
         training_loss(model, batch, cfg.model, dataclasses.replace(cfg.loss, draft_prob=0.5))
+
+
+def test_audio_norm_rms_starts_audio_vectors_at_the_token_embeddings_scale(tiny_config, speech):
+    cfg = tiny_config("model.projector=conv_adapter", "model.audio_norm=rms")
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg.model)
+    token_rms = float(model.embedding_weight.pow(2).mean().sqrt())
+    assert "projector.gain" in model.trainable_parameters()
+    batch = make_batch(speech, tokenizer, cfg)
+    with torch.no_grad():
+        audio = model.encode_audio(batch.mel, batch.mel_lengths)
+    real = torch.arange(audio.vectors.shape[1]) < audio.lengths[:, None]
+    rms = audio.vectors[real].pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.full_like(rms, token_rms), atol=0, rtol=1e-3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from whisper_llada.projector import ConvAdapter, FrameStackMLP
+from whisper_llada.projector import ConvAdapter, FrameStackMLP, RMSNormedProjector
 from whisper_llada.qformer import WindowQFormer
 
 ENC = 16  # tiny encoder width
@@ -31,6 +31,7 @@ BUILDERS = {
     "qformer_overlap": lambda: tiny_qformer(second_stride=0.16),  # window 17, stride 8
     "conv": lambda: ConvAdapter(ENC, LLM, hidden=24),
     "stack": lambda: FrameStackMLP(ENC, LLM, hidden=24),
+    "conv_rms": lambda: RMSNormedProjector(ConvAdapter(ENC, LLM, hidden=24), LLM, 0.05),
 }
 
 
@@ -264,3 +265,19 @@ def test_qformer_constructor_errors() -> None:
         WindowQFormer(ENC, LLM, hidden=30, num_heads=4)
     with pytest.raises(ValueError, match="give a window of 0 and a stride of 0 frames"):
         WindowQFormer(ENC, LLM, second_per_window=0.001, second_stride=0.001)
+
+
+def test_rms_norm_puts_every_audio_vector_at_the_gain_s_scale() -> None:
+    projector = build("conv_rms")
+    frames, mask = padded_batch(LENGTHS)
+    with torch.no_grad():
+        vectors, vector_mask = projector(frames, mask)
+        bare, bare_mask = projector.projector(frames, mask)
+    assert torch.equal(vector_mask, bare_mask)
+    assert projector.output_lengths(torch.tensor(LENGTHS)).tolist() == EXPECTED_VECTORS["conv"]
+    rms = vectors[vector_mask].pow(2).mean(-1).sqrt()  # every real vector at RMS 0.05
+    torch.testing.assert_close(rms, torch.full_like(rms, 0.05), atol=0, rtol=1e-3)  # eps 1e-6
+    assert float(bare[bare_mask].pow(2).mean().sqrt()) > 0.1  # what the adapter alone gives
+    # The direction is the adapter's: normalising changes only each vector's length.
+    cosine = torch.nn.functional.cosine_similarity(vectors[vector_mask], bare[bare_mask], dim=-1)
+    torch.testing.assert_close(cosine, torch.ones_like(cosine), atol=1e-5, rtol=0)

@@ -20,7 +20,12 @@ from whisper_llada.llama import (
     load_llama_tokenizer,
 )
 from whisper_llada.model import SpeechLLM, WhisperLLaDA
-from whisper_llada.projector import WHISPER_FRAME_RATE, ConvAdapter, FrameStackMLP
+from whisper_llada.projector import (
+    WHISPER_FRAME_RATE,
+    ConvAdapter,
+    FrameStackMLP,
+    RMSNormedProjector,
+)
 from whisper_llada.prompt import load_tokenizer, prompt_ids, special_tokens
 from whisper_llada.qformer import WindowQFormer
 
@@ -34,7 +39,22 @@ def lora_target_regex(targets: tuple[str, ...]) -> str:
     return rf"model\.transformer\.blocks\.\d+\.({'|'.join(targets)})"
 
 
-def build_projector(cfg: ModelConfig, encoder_width: int, llm_width: int) -> nn.Module:
+def build_projector(
+    cfg: ModelConfig, encoder_width: int, llm_width: int, *, token_rms: float = 1.0
+) -> nn.Module:
+    """The projector of `cfg.projector`, wrapped by `cfg.audio_norm` ("rms": gain starts at token_rms)."""
+    projector = _bare_projector(cfg, encoder_width, llm_width)
+    if cfg.audio_norm == "none":
+        return projector
+    return RMSNormedProjector(projector, llm_width, token_rms)
+
+
+def token_embedding_rms(llm: nn.Module) -> float:
+    """RMS of the LLM's input token embeddings, the scale audio_norm=rms starts at."""
+    return float(llm.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
+
+
+def _bare_projector(cfg: ModelConfig, encoder_width: int, llm_width: int) -> nn.Module:
     if cfg.projector == "qformer":
         q = cfg.qformer
         return WindowQFormer(
@@ -95,7 +115,9 @@ def build_model(
     special = special_tokens(tokenizer, llada.config)
     if cfg.gradient_checkpointing:
         llada.enable_gradient_checkpointing()
-    projector = build_projector(cfg, encoder.config.d_model, llada.config.d_model).to(device)
+    projector = build_projector(
+        cfg, encoder.config.d_model, llada.config.d_model, token_rms=token_embedding_rms(llada)
+    ).to(device)
     ctc_head = None
     if cfg.ctc.enabled:
         ctc_head = CTCHead(llada.config.d_model, bottleneck=cfg.ctc.bottleneck).to(device)
@@ -124,7 +146,9 @@ def _build_whisper_llama(
     if cfg.gradient_checkpointing:
         llama.gradient_checkpointing_enable()
     width = llama.config.hidden_size
-    projector = build_projector(cfg, encoder.config.d_model, width).to(device)
+    projector = build_projector(
+        cfg, encoder.config.d_model, width, token_rms=token_embedding_rms(llama)
+    ).to(device)
     ctc_head = None
     if cfg.ctc.enabled:
         ctc_head = CTCHead(width, bottleneck=cfg.ctc.bottleneck).to(device)

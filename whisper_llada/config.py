@@ -96,6 +96,10 @@ class ModelConfig:
     train_encoder: bool = False
     train_llm: bool = False  # full fine-tuning of every LLM weight (the demo's LLM starts random)
     projector: Literal["qformer", "conv_adapter", "frame_stack"] = "qformer"
+    # Ours (neither paper has it): "rms" RMS-normalises each audio vector and scales it by a
+    # learned gain that starts at the RMS of the LLM's token embeddings, so audio enters the LLM
+    # at the scale of its tokens. "none" (both papers): the projector's output as it is.
+    audio_norm: Literal["none", "rms"] = "none"
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     conv_adapter: ConvAdapterConfig = field(default_factory=ConvAdapterConfig)
     frame_stack: FrameStackConfig = field(default_factory=FrameStackConfig)
