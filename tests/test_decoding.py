@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from whisper_llada.decoding import DecodeResult, MaskPredictor, TokenIds, diffusion_decode
+from whisper_llada.canvas import DecodeResult, TokenIds
+from whisper_llada.decoding import MaskPredictor, diffusion_decode
 from whisper_llada.deliberation import diffusion_deliberation, semi_ar_deliberation
 from whisper_llada.prior_guided import prior_guided_decode
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from transformers import GenerationConfig
 
+from whisper_llada.canvas import DecodeResult
 from whisper_llada.causal_model import WhisperLLaMA
-from whisper_llada.decoding import DecodeResult
 from whisper_llada.model import AudioEncoding
 
 

@@ -26,15 +26,17 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from whisper_llada.decoding import (
+from whisper_llada.canvas import (
     Canvas,
     DecodeResult,
-    MaskPredictor,
     TokenIds,
+    result_of,
+)
+from whisper_llada.decoding import (
+    MaskPredictor,
     commit_top_k,
     denoise,
     predict,
-    result_of,
     row_generators,
 )
 

@@ -43,19 +43,21 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from whisper_llada.decoding import (
+from whisper_llada.canvas import (
     Canvas,
     DecodeResult,
-    MaskPredictor,
     Pruning,
     TokenIds,
     apply_end_rule,
-    candidates_and_confidence,
     check_pruning,
+    result_of,
+)
+from whisper_llada.decoding import (
+    MaskPredictor,
+    candidates_and_confidence,
     check_threshold,
     commit_top_k,
     predict,
-    result_of,
 )
 
 PriorTreatment = Literal["visible", "mask_below"]

@@ -18,10 +18,11 @@ from transformers import PreTrainedTokenizerFast
 
 from whisper_llada.audio import batch_features
 from whisper_llada.autoregressive import autoregressive_decode
+from whisper_llada.canvas import DecodeResult, TokenIds
 from whisper_llada.causal_model import WhisperLLaMA
 from whisper_llada.config import AudioConfig, DecodeConfig
 from whisper_llada.ctc import ctc_greedy_decode_with_confidence
-from whisper_llada.decoding import DecodeResult, TokenIds, diffusion_decode
+from whisper_llada.decoding import diffusion_decode
 from whisper_llada.deliberation import diffusion_deliberation, semi_ar_deliberation
 from whisper_llada.model import SpeechLLM, WhisperLLaDA
 from whisper_llada.prior_guided import prior_guided_decode
