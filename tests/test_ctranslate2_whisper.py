@@ -25,8 +25,8 @@ from whisper_llada.ctranslate2_whisper import (
     convert,
     main,
     sha256_of,
-    whisper_state_dicts,
 )
+from whisper_llada.ctranslate2_whisper_weights import whisper_state_dicts
 from whisper_llada.encoder import encode, load_whisper_encoder
 from whisper_llada.speech_synthesis import synthesize
 
