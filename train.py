@@ -57,9 +57,10 @@ from whisper_llada.data import (
     validation_batches,
 )
 from whisper_llada.distributed import DistInfo, barrier, device_for, init_distributed, shutdown
+from whisper_llada.encoder_cache import EncoderOutputCache
 from whisper_llada.metrics import score
 from whisper_llada.model import SpeechLLM
-from whisper_llada.objective import LossOutput, SpeechBatch, training_loss
+from whisper_llada.objective import LossOutput, SpeechBatch, batch_audio, training_loss
 from whisper_llada.optim import build_optimizer, lr_at, set_lr
 from whisper_llada.prompt import decode_text
 from whisper_llada.train_run import (
@@ -112,6 +113,11 @@ def check_config(cfg: Config) -> None:
     for key in ("max_steps", "grad_accum", "valid_every", "log_every", "save_every"):
         if getattr(cfg.train, key) < 1:
             raise SystemExit(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+    if cfg.data.encoder_cache and cfg.model.train_encoder:
+        raise SystemExit(
+            "data.encoder_cache stores a frozen encoder's outputs, but model.train_encoder is "
+            "true: set data.encoder_cache='' or freeze the encoder"
+        )
     if cfg.train.init_prefixes and not cfg.train.init_checkpoint:
         raise SystemExit(
             "train.init_prefixes selects tensors of train.init_checkpoint: set that too, or "
@@ -160,6 +166,11 @@ def setup(cfg: Config, info: DistInfo, device: torch.device) -> tuple[Run, Resum
         log=MetricsLog(cfg, output_dir) if info.is_main else None,
         sampler_state=mine["sampler"] if mine else None,
         bad_utterances=mine["bad_utterances"] if mine else len(dropped) * info.is_main,
+        encoder_cache=(
+            EncoderOutputCache(cfg.data.encoder_cache, model.encoder)
+            if cfg.data.encoder_cache
+            else None
+        ),
     )
     sampler = ResumableSampler(
         bucketing_sampler(
@@ -219,7 +230,7 @@ def train_step(run: Run, batches: Iterator[TrainingBatch]) -> tuple[Counter, flo
         syncs = not ddp or micro == cfg.grad_accum - 1  # all-reduce gradients once per update
         with nullcontext() if syncs else run.loss_module.no_sync():
             with run.autocast():
-                speech = batch.to(run.device, non_blocking=True).speech
+                speech = run.cached_frames(batch.to(run.device, non_blocking=True).speech)
                 output = run.loss_module(speech, run.mask_generator)
             # Each loss is a batch mean already: the update follows their mean.
             run.scaler.scale(output.total / cfg.grad_accum).backward()
@@ -271,14 +282,14 @@ def validate(run: Run, valid: list[CutSet]) -> dict[str, float | None]:
     wanted = cfg.train.valid_wer_utterances if run.info.is_main and run.model.ctc_head else 0
     scored: list[tuple[str, str, str]] = []
     for batch in (b for b in loader if b.speech is not None):
-        speech = batch.to(run.device).speech
         with run.autocast():
+            speech = run.cached_frames(batch.to(run.device).speech)
             loss_sum += training_loss(
                 run.model, speech, cfg.model, cfg.loss, generator
             ).total.item() * len(batch.ids)
             count += len(batch.ids)
             if len(scored) < wanted:
-                audio = run.model.encode_audio(speech.mel, speech.mel_lengths)
+                audio = batch_audio(run.model, speech)
                 drafts = ctc_greedy_decode(run.model.ctc_logits(audio), audio.lengths)
                 texts = [decode_text(run.tokenizer, ids) for ids in drafts]
                 scored += list(zip(batch.ids, batch.texts, texts, strict=True))

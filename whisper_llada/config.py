@@ -200,6 +200,10 @@ class DataConfig:
     # Keyed by cut id, audio path, file size and mtime, segment, audio settings and library
     # versions, so an edited file or changed audio config is recomputed; shared by ranks.
     feature_cache: str = ""
+    # A folder of per-utterance encoder outputs (encoder_cache.py), "" = off; needs a frozen
+    # encoder. Each row is encoded once (alone) and read back, keyed by the encoder's weights
+    # and the log-mel row, so a step costs the projector and the LLM only.
+    encoder_cache: str = ""
 
 
 @dataclass(frozen=True)

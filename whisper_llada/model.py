@@ -138,9 +138,18 @@ class SpeechLLM(nn.Module):
 
     def encode_audio(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> AudioEncoding:
         """Log-mel (B, n_mels, T) with valid lengths (B,) -> LLM-width audio vectors."""
-        frames, frame_mask = encode(self.encoder, mel, mel_lengths)  # (B, F, D_enc)
+        frames, _ = encode(self.encoder, mel, mel_lengths)  # (B, F, D_enc)
+        return self.project_frames(frames, mel_lengths)
+
+    def project_frames(self, frames: torch.Tensor, mel_lengths: torch.Tensor) -> AudioEncoding:
+        """Encoder frames (B, F, D_enc) of log-mels with valid lengths (B,) -> audio vectors.
+
+        The second half of `encode_audio`, for frames computed earlier (`encoder_cache.py`).
+        """
+        frame_lengths = encoder_output_lengths(mel_lengths.to(frames.device))
+        frame_mask = torch.arange(frames.shape[1], device=frames.device) < frame_lengths[:, None]
         vectors, vector_mask = self.projector(frames, frame_mask)  # (B, A, D)
-        lengths = self.projector.output_lengths(encoder_output_lengths(mel_lengths))
+        lengths = self.projector.output_lengths(frame_lengths)
         assert torch.equal(lengths.to(vector_mask.device), vector_mask.sum(1)), "projector lengths"
         return AudioEncoding(vectors=vectors, lengths=vector_mask.sum(1))
 

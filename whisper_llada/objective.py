@@ -29,6 +29,7 @@ class SpeechBatch:
     mel: torch.Tensor  # (B, n_mels, T)
     mel_lengths: torch.Tensor  # (B,)
     text_ids: list[list[int]]  # transcript tokens per utterance, no special tokens
+    encoder_frames: torch.Tensor | None = None  # (B, F, D_enc) from an encoder cache, or None
 
 
 @dataclass
@@ -50,6 +51,13 @@ def answer_token_lists(
     """Answer targets before EOS padding: the transcript, plus <|eot_id|> for dLLM-ASR."""
     suffix = [eot_id] if model_cfg.answer_suffix == "eot" else []
     return [list(ids) + suffix for ids in text_ids]
+
+
+def batch_audio(model: SpeechLLM, batch: SpeechBatch) -> AudioEncoding:
+    """The batch's audio vectors: from its cached encoder frames when it has them, else its log-mels."""
+    if batch.encoder_frames is None:
+        return model.encode_audio(batch.mel, batch.mel_lengths)
+    return model.project_frames(batch.encoder_frames, batch.mel_lengths)
 
 
 def training_loss(
@@ -80,7 +88,7 @@ def training_loss(
         full_mask_prob=loss_cfg.full_mask_prob,
         generator=generator,
     )
-    audio = model.encode_audio(batch.mel, batch.mel_lengths)
+    audio = batch_audio(model, batch)
     ctc_logits = model.ctc_logits(audio) if model.ctc_head is not None else None
     noisy = apply_mask(answers, masked, special.mask)
     if loss_cfg.draft_prob > 0:
@@ -157,7 +165,7 @@ def next_token_loss(model: WhisperLLaMA, batch: SpeechBatch, model_cfg: ModelCon
     answers = torch.full((len(targets), int(lengths.max())), pad, dtype=torch.long, device=device)
     for row, tokens in enumerate(targets):
         answers[row, : len(tokens)] = torch.tensor(tokens, device=device)  # (B, L)
-    audio = model.encode_audio(batch.mel, batch.mel_lengths)
+    audio = batch_audio(model, batch)
     logits = model.next_token_logits(audio, answers, lengths)  # (B, L, V)
     scored = torch.arange(answers.shape[1], device=device) < lengths.unsqueeze(1)  # (B, L)
     # float32 log-softmax, as the diffusion loss and transformers' causal-LM loss compute it

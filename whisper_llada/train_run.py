@@ -14,7 +14,7 @@ import json
 import math
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,9 @@ from whisper_llada.checkpoint import load_prefixed_state, load_trainable_state, 
 from whisper_llada.config import Config, to_dict
 from whisper_llada.data import TrainingBatch
 from whisper_llada.distributed import DistInfo
+from whisper_llada.encoder_cache import EncoderOutputCache
 from whisper_llada.model import SpeechLLM
+from whisper_llada.objective import SpeechBatch
 from whisper_llada.train_state import (
     WEIGHTS_FILE,
     Progress,
@@ -102,6 +104,14 @@ class Run:
     log: MetricsLog | None  # rank 0 only
     sampler_state: dict[str, Any] | None  # the data position after the last consumed batch
     bad_utterances: int  # this rank's, over the whole run
+    encoder_cache: EncoderOutputCache | None = None  # data.encoder_cache, frozen encoders only
+
+    def cached_frames(self, speech: SpeechBatch) -> SpeechBatch:
+        """`speech` with its encoder frames from the encoder cache (as it is without one)."""
+        if self.encoder_cache is None:
+            return speech
+        frames = self.encoder_cache.frames(speech.mel, speech.mel_lengths)
+        return replace(speech, encoder_frames=frames)
 
     def autocast(self) -> torch.autocast:
         dtype = AUTOCAST_DTYPES[self.cfg.train.precision]
