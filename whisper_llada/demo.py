@@ -31,6 +31,8 @@ prior-guided decoding over the AR model's hypotheses of the same run; and the ta
 speed-up vs AR column. --ar-model defaults to the folder beside --model named <model>_ar
 (models/demo_ar) when it exists; without one there are no AR rows. Like the model, the AR
 model's results in a decode folder are recorded (ar_model.json), and another's refused.
+With Whisper tiny.en converted (setup.sh; --whisper), each set also has its peer row: Whisper
+itself, greedy at 30 s padding, on the first --whisper-utterances (`whisper_peer`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from whisper_llada import whisper_peer
 from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.checkpoint import read_checkpoint
 from whisper_llada.config import load_config
@@ -221,11 +224,15 @@ def run_demo(
     limit: int | None = None,
     threads: int | None = None,
     ar_model_dir: Path | None = None,
+    whisper_checkpoint: Path | None = None,
+    whisper_utterances: int = whisper_peer.DEMO_UTTERANCES,
 ) -> list[SetResult]:
     """Build the held-out sets, decode them in every mode, write and return the results.
 
     `threads`: torch's CPU threads (None: torch's default, one per core). `ar_model_dir`: an
-    exported AR model, for the AR and cascade rows (None: no such rows).
+    exported AR model, for the AR and cascade rows (None: no such rows). `whisper_checkpoint`:
+    an openai-whisper checkpoint for the peer row, decoded on the first `whisper_utterances`
+    of each set (None: no such row).
     """
     for name, value in (("--limit", limit), ("--threads", threads)):
         if value is not None and value < 1:
@@ -285,6 +292,13 @@ def run_demo(
             )
             rows.append(row)
             tqdm.write(f"{name}, {mode}: WER {row.wer:.2f} %", file=sys.stderr)
+        if whisper_checkpoint is not None:
+            fingerprint = {"checkpoint_sha256": file_sha256(whisper_checkpoint)}
+            peer = utterances[:whisper_utterances]
+            rows.append(
+                whisper_peer.table_row(whisper_checkpoint, peer, decode_dir / name, fingerprint)
+            )
+            tqdm.write(f"{name}, {rows[-1].mode}: WER {rows[-1].wer:.2f} %", file=sys.stderr)
         results.append(SetResult(name, description, rows))
     about = About(
         model_dir=str(model_dir),
@@ -356,9 +370,29 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="torch CPU threads (default: one per core; on a busy machine 1 is steadier)",
     )
+    parser.add_argument(
+        "--whisper",
+        type=Path,
+        default=None,
+        help="an openai-whisper checkpoint for the peer row (default: the Whisper tiny.en "
+        f"setup.sh converts, {whisper_peer.DEFAULT_CHECKPOINT}, when it exists)",
+    )
+    parser.add_argument(
+        "--whisper-utterances",
+        type=int,
+        default=whisper_peer.DEMO_UTTERANCES,
+        help="the peer row decodes the first N utterances of each set (30 s padding costs "
+        "about 1 s per clip here)",
+    )
     args = parser.parse_args(argv)
     ar_model = args.ar_model if args.ar_model is not None else default_ar_model(args.model)
-    run_demo(args.model, args.work_dir, args.limit, args.threads, ar_model)
+    whisper = args.whisper
+    if whisper is None and whisper_peer.DEFAULT_CHECKPOINT.is_file():
+        whisper = whisper_peer.DEFAULT_CHECKPOINT
+    run_demo(
+        args.model, args.work_dir, args.limit, args.threads, ar_model, whisper,
+        args.whisper_utterances,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

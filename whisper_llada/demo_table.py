@@ -112,8 +112,10 @@ def results_markdown(sets: list[SetResult], about: About) -> str:
         f"Model `{about.model_dir}` (checkpoint sha256 {about.checkpoint_sha256[:12]}), "
         f"{scope}, decoded on {about.device}. WER in % with substitutions / deletions / "
         "insertions; LLM passes are forward passes of the diffusion LLM per utterance (the "
-        "CTC draft needs none); RTF is decode seconds per second of audio; the speed-up is "
-        f"the decode seconds of `{REFERENCE_MODE}` over the mode's. Timings are wall-clock "
+        "CTC draft needs none; the Whisper peer's are its decoder steps); RTF is decode "
+        f"seconds per second of audio; the speed-up is the RTF of `{REFERENCE_MODE}` over the "
+        "mode's (its decode seconds over the mode's on the same utterances; the Whisper peer "
+        "decodes the first utterances of the set, its count in its label). Timings are wall-clock "
         "on this machine in this run (reused results keep the timings of the run that made "
         "them).\n",
     ]
@@ -124,7 +126,7 @@ def results_markdown(sets: list[SetResult], about: About) -> str:
             "the decoder steps; the `AR -> ...` rows are the cascade, the diffusion model "
             "deliberating over its hypotheses in the same run, with both stages' seconds and "
             "passes written as AR steps + diffusion LLM passes. The speed-up vs AR is the "
-            f"decode seconds of `{AR_MODE}` over the mode's.\n"
+            f"RTF of `{AR_MODE}` over the mode's.\n"
         )
     for result in sets:
         parts.append(

@@ -163,8 +163,11 @@ class ModeRow:
     first_pass_seconds: float | None = None
 
     def speed_up(self, reference: ModeRow) -> float | None:
-        """How many times faster than `reference`: its decode seconds over these."""
-        return reference.decode_seconds / self.decode_seconds if self.decode_seconds else None
+        """How many times faster than `reference`: its RTF over this row's (its decode seconds
+        over these when both decoded the same set; a row of a subset compares per audio second)."""
+        if self.rtf is None or reference.rtf is None or self.rtf == 0:
+            return None
+        return reference.rtf / self.rtf
 
     def as_dict(self, reference: ModeRow, ar_reference: ModeRow | None = None) -> dict[str, object]:
         """The fields (the first-pass ones only for a cascade row) and the speed-up against

@@ -1,0 +1,138 @@
+"""Whisper itself beside our models: an openai-whisper checkpoint decoding greedily, into a results folder like every mode's.
+
+The demo's peer row is the real system a user would pick instead: OpenAI's Whisper tiny.en, as
+setup.sh converts it (`pretrained/whisper-tiny.en/tiny.en.pt`), decoded as Whisper expects it:
+every clip padded (or cut) to 30 s, greedy search (temperature 0, no beam, no timestamps, no
+fallback), English. The folder holds what inference.py writes for a mode (result shards,
+results.jsonl, recogs / errs / wer files), so `mode_comparison.read_row` makes its table row; a
+record's forward passes are the decoder steps (tokens generated, the end token included). A
+rerun decodes only what is missing; results of another checkpoint are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import whisper
+from tqdm import tqdm
+
+from whisper_llada.atomic_write import write_text_atomically
+from whisper_llada.audio import SAMPLE_RATE
+from whisper_llada.manifest import AudioError, Utterance, load_wave
+from whisper_llada.metrics import write_errs, write_recogs, write_wer
+from whisper_llada.mode_comparison import ModeRow, read_row
+from whisper_llada.results import (
+    Record,
+    ShardWriter,
+    finished_ids,
+    merge_shards,
+    shard_path,
+)
+from whisper_llada.transcribe import set_statistics
+
+DEFAULT_CHECKPOINT = Path("pretrained/whisper-tiny.en/tiny.en.pt")  # setup.sh converts it
+LABEL = "Whisper tiny.en (greedy, 30 s)"
+DEMO_UTTERANCES = 100  # per demo set: ~1 s a clip at 30 s padding, so the main job fits 10 min
+FINGERPRINT_NAME = "whisper_model.json"
+WHISPER_SECONDS = 30.0  # Whisper's window: longer clips are cut, as pad_or_trim does
+OPTIONS = whisper.DecodingOptions(
+    language="en", task="transcribe", temperature=0.0, without_timestamps=True, fp16=False
+)
+
+
+def transcribe(model: whisper.Whisper, waves: Sequence[torch.Tensor]) -> list[tuple[str, int]]:
+    """(text, decoder steps) per 16 kHz waveform, one batched greedy decode."""
+    mel = torch.stack(
+        [whisper.log_mel_spectrogram(whisper.pad_or_trim(w), model.dims.n_mels) for w in waves]
+    )  # (B, n_mels, 3000)
+    results = whisper.decode(model, mel.to(next(model.parameters()).device), OPTIONS)
+    return [(result.text.strip(), len(result.tokens) + 1) for result in results]
+
+
+def table_row(
+    checkpoint: Path, utterances: Sequence[Utterance], set_dir: Path, fingerprint: dict[str, str]
+) -> ModeRow:
+    """The peer's row on `utterances`, decoded into its folder under `set_dir`; the count in its label."""
+    label = f"{LABEL}, first {len(utterances)}"
+    output_dir = set_dir / f"whisper-tiny-en-first{len(utterances)}"
+    decode_folder(
+        checkpoint, utterances, output_dir, fingerprint=fingerprint, desc=f"{set_dir.name}: {label}"
+    )
+    return read_row(label, output_dir)
+
+
+def decode_folder(
+    checkpoint: str | Path,
+    utterances: Sequence[Utterance],
+    output_dir: Path,
+    *,
+    fingerprint: dict[str, str],
+    batch_size: int = 8,
+    desc: str = "whisper",
+) -> None:
+    """Decode what `output_dir` lacks of `utterances` with the checkpoint; write the result files.
+
+    `fingerprint` identifies the checkpoint (e.g. its path and sha256); it is recorded in the
+    folder, and a folder recorded with another is refused.
+
+    Raises:
+        SystemExit: `output_dir` holds results of another checkpoint.
+    """
+    marker = output_dir / FINGERPRINT_NAME
+    if marker.is_file() and json.loads(marker.read_text()) != fingerprint:
+        raise SystemExit(
+            f"{output_dir} holds results of another Whisper checkpoint "
+            f"({marker.read_text().strip()}); delete the folder or decode into another one"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(marker, json.dumps(fingerprint) + "\n")
+    done = finished_ids(output_dir)
+    todo = [u for u in utterances if u.id not in done]
+    if todo:
+        model = whisper.load_model(str(checkpoint), device="cpu")
+        writer = ShardWriter(shard_path(output_dir, 0))
+        try:
+            for start in tqdm(range(0, len(todo), batch_size), desc=desc, disable=None):
+                writer.write(_decode_batch(model, todo[start : start + batch_size]))
+        finally:
+            writer.close()
+    _write_result_files(output_dir)
+
+
+def _decode_batch(model: whisper.Whisper, batch: Sequence[Utterance]) -> list[Record]:
+    records, loaded, waves = [], [], []
+    for utt in batch:
+        try:
+            wave = load_wave(utt, max_seconds=WHISPER_SECONDS, too_long="truncate")
+        except AudioError as error:
+            records.append(Record(utt.id, utt.text, "", None, 0, 0.0, 0.0, error=str(error)))
+            continue
+        loaded.append(utt)
+        waves.append(torch.from_numpy(wave))
+    if loaded:
+        start = time.perf_counter()
+        texts = transcribe(model, waves)
+        share = (time.perf_counter() - start) / len(loaded)
+        records += [
+            Record(u.id, u.text, text, None, steps, share, len(w) / SAMPLE_RATE)
+            for u, (text, steps), w in zip(loaded, texts, waves, strict=True)
+        ]
+    return records
+
+
+def _write_result_files(output_dir: Path) -> None:
+    records = merge_shards(output_dir)
+    statistics, scored, alignments = set_statistics(records)
+    extra = {
+        "mode": "whisper greedy, 30 s padding",
+        "utterances decoded": statistics.decoded,
+        "decoder steps per utterance": round(statistics.forward_passes_per_utterance, 3),
+        "RTF": "n/a" if statistics.rtf is None else round(statistics.rtf, 4),
+    }
+    write_recogs(output_dir / "recogs-whisper.txt", scored)
+    write_errs(output_dir / "errs-whisper.txt", statistics.summary, alignments)
+    write_wer(output_dir / "wer-whisper.txt", statistics.summary, extra)
