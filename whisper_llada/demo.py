@@ -31,8 +31,8 @@ prior-guided decoding over the AR model's hypotheses of the same run; and the ta
 speed-up vs AR column. --ar-model defaults to the folder beside --model named <model>_ar
 (models/demo_ar) when it exists; without one there are no AR rows. Like the model, the AR
 model's results in a decode folder are recorded (ar_model.json), and another's refused.
-With Whisper tiny.en converted (setup.sh; --whisper), each set also has its peer row: Whisper
-itself, greedy at 30 s padding, on the first --whisper-utterances (`whisper_peer`).
+With Whisper tiny.en converted (setup.sh; --whisper), test-clean has a peer row: Whisper itself,
+greedy at 30 s padding, on its first --whisper-utterances (`whisper_peer`; ~1 s a clip).
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ from whisper_llada.transcribe import load_decoder
 DEFAULT_MODEL = Path("models/demo")
 DEFAULT_WORK_DIR = Path("exp/demo_run")
 AR_SUFFIX = "_ar"  # the default AR model: models/demo -> models/demo_ar
+PEER_SET = "test-clean"  # the set with the Whisper peer row
 MODEL_FILES = ("config.yaml", "checkpoint.safetensors", "whisper")  # and the LLM's folder
 FINGERPRINT_NAME = "model.json"  # in a decode folder: the model its results come from
 AR_FINGERPRINT_NAME = "ar_model.json"  # and the AR model the AR and cascade rows come from
@@ -232,7 +233,7 @@ def run_demo(
     `threads`: torch's CPU threads (None: torch's default, one per core). `ar_model_dir`: an
     exported AR model, for the AR and cascade rows (None: no such rows). `whisper_checkpoint`:
     an openai-whisper checkpoint for the peer row, decoded on the first `whisper_utterances`
-    of each set (None: no such row).
+    of test-clean (None: no such row).
     """
     for name, value in (("--limit", limit), ("--threads", threads)):
         if value is not None and value < 1:
@@ -292,7 +293,7 @@ def run_demo(
             )
             rows.append(row)
             tqdm.write(f"{name}, {mode}: WER {row.wer:.2f} %", file=sys.stderr)
-        if whisper_checkpoint is not None:
+        if whisper_checkpoint is not None and name == PEER_SET:
             fingerprint = {"checkpoint_sha256": file_sha256(whisper_checkpoint)}
             peer = utterances[:whisper_utterances]
             rows.append(
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         "--whisper-utterances",
         type=int,
         default=whisper_peer.DEMO_UTTERANCES,
-        help="the peer row decodes the first N utterances of each set (30 s padding costs "
+        help="the peer row decodes the first N utterances of test-clean (30 s padding costs "
         "about 1 s per clip here)",
     )
     args = parser.parse_args(argv)
