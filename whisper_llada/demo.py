@@ -55,8 +55,8 @@ from whisper_llada.checkpoint import read_checkpoint
 from whisper_llada.config import load_config
 from whisper_llada.demo_recipe import (
     TEST_SETS,
-    TRAIN_SPLIT,
     build_demo_corpus,
+    check_same_held_out_sets,
     prepare_demo_manifests,
 )
 from whisper_llada.demo_retrain import (
@@ -77,7 +77,6 @@ from whisper_llada.mode_comparison import (
     decode_mode,
     standard_modes,
 )
-from whisper_llada.synthetic_corpus import MARKER_NAME
 from whisper_llada.transcribe import load_decoder
 
 DEFAULT_MODEL = Path("models/demo")
@@ -124,42 +123,6 @@ def check_model_dir(model_dir: Path, llm: str = "llada") -> None:
         raise SystemExit(
             f"{model_dir} is not {kind} ({', '.join(missing)} missing): make one with "
             f"{MAKE_MODEL[llm]} or `python -m whisper_llada.export`"
-        )
-
-
-def held_out_part(spec: dict) -> dict:
-    """A synthetic corpus's parameters (its synthetic_corpus.json) without the training split."""
-    return {
-        key: {split: v for split, v in value.items() if split != TRAIN_SPLIT}
-        if isinstance(value, dict)
-        else value
-        for key, value in spec.items()
-    }
-
-
-def check_same_held_out_sets(
-    corpus: Path, trained_spec: dict | None, model: str = "the model"
-) -> None:
-    """Stop when `corpus`'s held-out sets are not those of the corpus `model` trained with.
-
-    `trained_spec` is the training corpus's parameters from the export's metadata (`retrain`
-    records them; an export without them is not checked): a demo recipe changed since training
-    would otherwise evaluate on other sentences, perhaps with words the model never saw.
-    """
-    if trained_spec is None:
-        return
-    built, trained = (
-        held_out_part(json.loads((corpus / MARKER_NAME).read_text())),
-        held_out_part(trained_spec),
-    )
-    changed = sorted(
-        key for key in built.keys() | trained.keys() if built.get(key) != trained.get(key)
-    )
-    if changed:
-        raise SystemExit(
-            f"the demo recipe's held-out sets differ from those of {model}'s training corpus "
-            f"(changed: {', '.join(changed)}): decode with the recipe of the commit in "
-            f"{model}'s metadata (git_commit), or retrain"
         )
 
 

@@ -20,12 +20,18 @@ held-out splits alone holds exactly the held-out utterances of the full corpus.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from whisper_llada.corpora import LIBRISPEECH_TEXT_POLICY, prepare_librispeech
 from whisper_llada.sentences import SentenceGenerator
 from whisper_llada.speech_synthesis import DEFAULT_VOICES
-from whisper_llada.synthetic_corpus import CorpusSpec, build_synthetic_corpus, corpus_spec
+from whisper_llada.synthetic_corpus import (
+    MARKER_NAME,
+    CorpusSpec,
+    build_synthetic_corpus,
+    corpus_spec,
+)
 from whisper_llada.tiny_models import write_tiny_llada, write_tiny_llama, write_tiny_whisper
 
 DEMO_SEED = 2026
@@ -150,3 +156,39 @@ def write_demo_base_llama(out_dir: str | Path, seed: int = DEMO_SEED) -> Path:
         n_heads=LLADA_HEADS, n_kv_heads=LLADA_HEADS, intermediate_size=LLADA_MLP,
         words=demo_words(),
     )  # fmt: skip
+
+
+def held_out_part(spec: dict) -> dict:
+    """A synthetic corpus's parameters (its synthetic_corpus.json) without the training split."""
+    return {
+        key: {split: v for split, v in value.items() if split != TRAIN_SPLIT}
+        if isinstance(value, dict)
+        else value
+        for key, value in spec.items()
+    }
+
+
+def check_same_held_out_sets(
+    corpus: Path, trained_spec: dict | None, model: str = "the model"
+) -> None:
+    """Stop when `corpus`'s held-out sets are not those of the corpus `model` trained with.
+
+    `trained_spec` is the training corpus's parameters from the export's metadata (`retrain`
+    records them; an export without them is not checked): a demo recipe changed since training
+    would otherwise evaluate on other sentences, perhaps with words the model never saw.
+    """
+    if trained_spec is None:
+        return
+    built, trained = (
+        held_out_part(json.loads((corpus / MARKER_NAME).read_text())),
+        held_out_part(trained_spec),
+    )
+    changed = sorted(
+        key for key in built.keys() | trained.keys() if built.get(key) != trained.get(key)
+    )
+    if changed:
+        raise SystemExit(
+            f"the demo recipe's held-out sets differ from those of {model}'s training corpus "
+            f"(changed: {', '.join(changed)}): decode with the recipe of the commit in "
+            f"{model}'s metadata (git_commit), or retrain"
+        )
