@@ -26,6 +26,7 @@ from whisper_llada.demo_recipe import (
     build_demo_corpus,
 )
 from whisper_llada.mode_comparison import (
+    PAPER_MODE,
     ModeRow,
     decode_mode,
     markdown_table,
@@ -62,6 +63,14 @@ LABELS = [
     "prior-guided + prefix cache",
     "prior-guided, mask below floor",
 ]
+
+
+def set_labels(name: str) -> list[str]:
+    """The rows of a set: every mode; test-clean also the paper's 128-slot decoding."""
+    paper = [f"{PAPER_MODE}, first {LIMIT}"] if name == demo.PEER_SET else []
+    return [*LABELS, *paper]
+
+
 TABLE_HEADER = "| mode | WER % (S/D/I) | LLM passes / utt | RTF | speed-up vs diffusion | utt / s |"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -576,7 +585,9 @@ def test_demo_table_has_every_mode_and_set(retrained, demo_run):
         section = markdown.split(f"## {name}: {description} ({LIMIT} utterances)\n\n")[1]
         lines = section.split("\n\n")[0].splitlines()
         assert lines[:2] == [TABLE_HEADER, "|---|---|---|---|---|---|"]
-        assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {label}" for label in LABELS]
+        assert [line.split(" | ")[0] for line in lines[2:]] == [
+            f"| {label}" for label in set_labels(name)
+        ]
         assert lines[3].split(" | ")[4] == "1.00x"  # diffusion, the reference
     document = json.loads((demo_run / "demo_results.json").read_text())
     assert list(document) == [
@@ -594,9 +605,9 @@ def test_demo_table_has_every_mode_and_set(retrained, demo_run):
     assert document["reference_mode"] == "diffusion"
     assert document["modes"] == {k: list(v) for k, v in standard_modes(GEN_LEN).items()}
     assert list(document["test_sets"]) == list(TEST_SETS)
-    for result in document["test_sets"].values():
+    for name, result in document["test_sets"].items():
         assert result["utterances"] == LIMIT
-        assert [r["mode"] for r in result["rows"]] == LABELS
+        assert [r["mode"] for r in result["rows"]] == set_labels(name)
         assert list(result["rows"][0]) == [
             "mode", "wer", "substitutions", "deletions", "insertions", "reference_words",
             "utterances", "failed", "forward_passes_per_utterance", "decode_seconds",
@@ -647,7 +658,7 @@ def test_table_numbers_are_those_of_the_results_files(demo_run):
 
 def test_rerunning_the_demo_reuses_every_result(retrained, demo_run, monkeypatch, capsys):
     shards = sorted(demo_run.glob(f"decode-first{LIMIT}/*/*/results-rank0.jsonl"))
-    assert len(shards) == len(TEST_SETS) * len(LABELS)
+    assert len(shards) == sum(len(set_labels(name)) for name in TEST_SETS)
     before = {path: (os.stat(path).st_mtime_ns, path.read_bytes()) for path in shards}
     document = json.loads((demo_run / "demo_results.json").read_text())
 

@@ -20,6 +20,7 @@ from whisper_llada.demo_recipe import TEST_SETS
 from whisper_llada.export import export_model
 from whisper_llada.mode_comparison import (
     AR_MODE,
+    PAPER_MODE,
     ModeRow,
     cascade_modes,
     markdown_table,
@@ -31,6 +32,14 @@ REPO = Path(__file__).resolve().parent.parent
 HELD_OUT, LIMIT, GEN_LEN = 3, 2, 4
 CASCADE = ["AR -> deliberation (low-conf.)", "AR -> prior-guided"]
 LABELS = [*standard_modes(GEN_LEN), AR_MODE, *CASCADE]
+
+
+def set_labels(name: str) -> list[str]:
+    """The rows of a set: every mode and the AR rows; test-clean also the paper's decoding."""
+    paper = [f"{PAPER_MODE}, first {LIMIT}"] if name == demo.PEER_SET else []
+    return [*standard_modes(GEN_LEN), AR_MODE, *CASCADE, *paper]
+
+
 HEADER = (
     "| mode | WER % (S/D/I) | LLM passes / utt | RTF | speed-up vs diffusion | speed-up vs AR "
     "| utt / s |"
@@ -171,7 +180,9 @@ def test_every_set_has_the_ar_rows_and_the_speed_up_vs_ar(ar_run, exported):
         section = markdown.split(f"## {name}: {description} ({LIMIT} utterances)\n\n")[1]
         lines = section.split("\n\n")[0].splitlines()
         assert lines[:2] == [HEADER, "|---|---|---|---|---|---|---|"]
-        assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {label}" for label in LABELS]
+        assert [line.split(" | ")[0] for line in lines[2:]] == [
+            f"| {label}" for label in set_labels(name)
+        ]
         assert lines[2 + LABELS.index(AR_MODE)].split(" | ")[5] == "1.00x"
     document = json.loads((ar_run / "demo_results.json").read_text())
     assert list(document)[:5] == [
@@ -241,7 +252,7 @@ def test_the_cascade_rows_deliberate_over_the_ar_row_s_hypotheses(ar_run):
 
 def test_a_rerun_with_the_ar_model_reuses_every_result(ar_run, exported, monkeypatch):
     shards = sorted(ar_run.glob(f"decode-first{LIMIT}/*/*/results-rank0.jsonl"))
-    assert len(shards) == len(TEST_SETS) * len(LABELS)
+    assert len(shards) == sum(len(set_labels(name)) for name in TEST_SETS)
     before = {path: path.read_bytes() for path in shards}
     document = (ar_run / "demo_results.json").read_text()
 

@@ -32,7 +32,8 @@ speed-up vs AR column. --ar-model defaults to the folder beside --model named <m
 (models/demo_ar) when it exists; without one there are no AR rows. Like the model, the AR
 model's results in a decode folder are recorded (ar_model.json), and another's refused.
 With Whisper tiny.en converted (setup.sh; --whisper), test-clean has a peer row: Whisper itself,
-greedy at 30 s padding, on its first --whisper-utterances (`whisper_peer`; ~1 s a clip).
+greedy at 30 s padding, on its first --whisper-utterances (`whisper_peer`; ~1 s a clip), and a row of the paper's naive Whisper-LLaDA decoding (128
+slots, 128 steps: the setting dLLM-ASR's 27.6x is against) on its first PAPER_UTTERANCES.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ from whisper_llada.mode_comparison import (
     AR_DECODE,
     AR_MODE,
     NEUTRAL_DECODE,
+    PAPER_DECODE,
+    PAPER_MODE,
     REFERENCE_MODE,
     cascade_modes,
     decode_mode,
@@ -82,7 +85,8 @@ from whisper_llada.transcribe import load_decoder
 DEFAULT_MODEL = Path("models/demo")
 DEFAULT_WORK_DIR = Path("exp/demo_run")
 AR_SUFFIX = "_ar"  # the default AR model: models/demo -> models/demo_ar
-PEER_SET = "test-clean"  # the set with the Whisper peer row
+PEER_SET = "test-clean"  # the set with the Whisper peer row and the paper's naive setting
+PAPER_UTTERANCES = 50
 MODEL_FILES = ("config.yaml", "checkpoint.safetensors", "whisper")  # and the LLM's folder
 FINGERPRINT_NAME = "model.json"  # in a decode folder: the model its results come from
 AR_FINGERPRINT_NAME = "ar_model.json"  # and the AR model the AR and cascade rows come from
@@ -240,16 +244,20 @@ def run_demo(
     for name, description in TEST_SETS.items():
         utterances = read_manifest(manifests[name])[:limit]
         rows = []
-        for mode, overrides in modes.items():
+        plan = [(mode, overrides, utterances) for mode, overrides in modes.items()]
+        if name == PEER_SET:  # the paper's naive setting, on a subset: 128 slots cost more
+            paper = utterances[:PAPER_UTTERANCES]
+            plan.append((f"{PAPER_MODE}, first {len(paper)}", PAPER_DECODE, paper))
+        for mode, overrides, chosen in plan:
             output_dir = decode_dir / name / mode_folder(mode)
-            config, base, mode_decoder = runs[mode]
+            config, base, mode_decoder = runs.get(mode, runs[REFERENCE_MODE])
             where = [f"inference.manifest={manifests[name]}", f"inference.output_dir={output_dir}"]
             mode_cfg = load_config(config, [*base, *overrides, *where])
             row = decode_mode(
                 mode_decoder,
                 mode_cfg,
                 mode,
-                utterances,
+                chosen,
                 output_dir,
                 desc=f"{name}: {mode}",
                 first_pass_decoder=ar_decoder,
