@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from whisper_llada.config import Config, ConfigError, load_config, to_dict
 
@@ -165,3 +166,24 @@ def test_decode_configs_keep_the_authors_keys():
         128,
     )
     assert cfg.model.projector == "qformer"  # from the base file
+
+
+@pytest.mark.parametrize("betas", ["[0.9]", "[0.9, 0.99, 0.9]"])
+def test_a_fixed_length_list_of_another_length_names_the_key(betas):
+    count = len(yaml.safe_load(betas))
+    with pytest.raises(
+        ConfigError, match=rf"train\.betas: expected a list of 2 values, got {count}"
+    ):
+        load_config("configs/tiny.yaml", [f"train.betas={betas}"])
+    assert load_config("configs/tiny.yaml", ["train.betas=[0.8, 0.9]"]).train.betas == (0.8, 0.9)
+
+
+def test_an_override_that_is_not_yaml_names_the_override():
+    with pytest.raises(ConfigError, match=r"override 'decode\.steps=\[1': its value is not valid"):
+        load_config("configs/tiny.yaml", ["decode.steps=[1"])
+
+
+@pytest.mark.parametrize("value", ["nan", ".nan", ".inf", "-.inf"])
+def test_a_non_finite_number_is_refused(value):
+    with pytest.raises(ConfigError, match=r"decode\.temperature: expected a finite number"):
+        load_config("configs/tiny.yaml", [f"decode.temperature={value}"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -329,13 +330,25 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = get_args(hint)[:1]
-        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if hint is float and isinstance(value, int | str) and not isinstance(value, bool):
+        items = get_args(hint)
+        if len(items) == 2 and items[1] is Ellipsis:
+            return tuple(_coerce(items[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(items):
+            raise ConfigError(
+                f"{where}: expected a list of {len(items)} values, got {len(value)}: {value!r}"
+            )
+        return tuple(
+            _coerce(t, v, f"{where}[{i}]")
+            for i, (t, v) in enumerate(zip(items, value, strict=True))
+        )
+    if hint is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:  # YAML 1.1 reads 1e-5 (no dot) as a string
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected float, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint in (int, float, str, bool) and (
         not isinstance(value, hint) or (hint is int and isinstance(value, bool))
     ):
@@ -354,4 +367,11 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: '{part}' is not a section")
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0]
+        raise ConfigError(
+            f"override {override!r}: its value is not valid YAML ({problem}); quote strings "
+            "and close lists, e.g. decode.steps=64 or data.train_manifests=[a.jsonl, b.jsonl]"
+        ) from None
