@@ -84,6 +84,24 @@ def test_loading_is_strict(tiny_config, speech, tmp_path):
         load_checkpoint(other_rank, path)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_checkpoint_with_non_finite_weights_is_refused_and_loads_nothing(
+    tiny_config, speech, tmp_path, bad
+):
+    _, model, _ = trained_model(tiny_config, speech)
+    tensors = {k: v.detach().clone() for k, v in model.trainable_parameters().items()}
+    name = next(k for k in tensors if k.startswith("projector."))
+    tensors[name].view(-1)[3] = bad
+    path = ckpt.write_checkpoint(tensors, tmp_path / "diverged.safetensors", config={}, metadata={})
+    before = {k: v.detach().clone() for k, v in model.trainable_parameters().items()}
+    with pytest.raises(
+        CheckpointError, match=rf"holds NaN or infinite values in 1 tensor\(s\): {name}\. "
+    ):
+        load_checkpoint(model, path)
+    for key, value in model.trainable_parameters().items():
+        assert torch.equal(value, before[key]), key
+
+
 def test_unreadable_checkpoints_raise_clear_errors(tiny_config, speech, tmp_path):
     _, model, _ = trained_model(tiny_config, speech)
     with pytest.raises(CheckpointError, match=r"checkpoint not found: .*nope\.safetensors"):

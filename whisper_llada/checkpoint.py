@@ -146,6 +146,19 @@ def load_trainable_state(
             f"{source} does not match this model ({'; '.join(problems)}). Build the model with the "
             "config the checkpoint was trained with (it is stored in the file)."
         )
+    nonfinite = sorted(
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    )
+    if nonfinite:
+        raise CheckpointError(
+            f"{source} holds NaN or infinite values in {len(nonfinite)} tensor(s): "
+            + ", ".join(nonfinite[:10])
+            + (" ..." if len(nonfinite) > 10 else "")
+            + ". The run that wrote it diverged or the file is damaged: load an earlier "
+            "checkpoint (train.py keeps best.safetensors and checkpoints/step-*)."
+        )
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor.to(params[name].dtype))
