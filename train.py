@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stop-at", type=int, default=None, help="end after this many updates, with a checkpoint"
     )
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # flags and overrides in any order
 
 
 def check_config(cfg: Config) -> None:

@@ -295,3 +295,17 @@ def test_a_run_without_training_data_says_what_to_set(tiny_models, corpus, tmp_p
     args = arguments(tiny_models, corpus, tmp_path / "none", "data.train_manifests=[]")
     with pytest.raises(SystemExit, match=r"set data\.train_manifests"):
         train.main(args)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["c.yaml", "--stop-at", "12", "train.lr=1e-3", "data.max_cuts=4"],
+        ["c.yaml", "train.lr=1e-3", "--stop-at", "12", "data.max_cuts=4"],
+        ["--stop-at", "12", "c.yaml", "train.lr=1e-3", "data.max_cuts=4"],
+    ],
+)
+def test_flags_and_overrides_come_in_any_order(argv):
+    args = train.parse_args(argv)
+    assert (args.config, args.stop_at) == (Path("c.yaml"), 12)
+    assert args.overrides == ["train.lr=1e-3", "data.max_cuts=4"]
