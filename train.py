@@ -163,7 +163,9 @@ def setup(cfg: Config, info: DistInfo, device: torch.device) -> tuple[Run, Resum
         scaler=scaler,
         mask_generator=mask_generator,
         progress=Progress(**state["progress"]) if state else Progress(),
-        log=MetricsLog(cfg, output_dir) if info.is_main else None,
+        log=MetricsLog(cfg, output_dir, state["progress"]["step"] if state else None)
+        if info.is_main
+        else None,
         sampler_state=mine["sampler"] if mine else None,
         bad_utterances=mine["bad_utterances"] if mine else len(dropped) * info.is_main,
         encoder_cache=(

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -309,3 +310,25 @@ def test_flags_and_overrides_come_in_any_order(argv):
     args = train.parse_args(argv)
     assert (args.config, args.stop_at) == (Path("c.yaml"), 12)
     assert args.overrides == ["train.lr=1e-3", "data.max_cuts=4"]
+
+
+def test_a_resume_after_a_kill_between_log_and_checkpoint_logs_each_step_once(
+    tiny_models, corpus, tmp_path
+):
+    out = tmp_path / "run"
+    recipe = ("train.max_steps=4", "train.save_every=2", "train.valid_every=2")
+    train.main([*arguments(tiny_models, corpus, out, *recipe), "--stop-at", "2"])
+    kept = tmp_path / "step-2"
+    shutil.copytree(out / "checkpoints" / "step-00000002", kept)
+    train.main(arguments(tiny_models, corpus, out, *recipe))
+    # As if killed after logging steps 3-4 but before their checkpoint: back to step 2.
+    shutil.rmtree(out / "checkpoints")
+    shutil.copytree(kept, out / "checkpoints" / "step-00000002")
+    (out / "last").unlink()
+    (out / "last").symlink_to("checkpoints/step-00000002")
+    with (out / "log.jsonl").open("a") as log:
+        log.write('{"step": 4, "loss": ')  # and one line torn by the kill
+    train.main(arguments(tiny_models, corpus, out, *recipe))
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and [s for s, _ in log_entries(out, "valid_loss")] == [0, 2, 4]
+    assert [s for s, _ in log_entries(out, "loss")] == [2, 4]

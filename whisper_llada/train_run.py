@@ -49,11 +49,21 @@ WANDB_PROJECT = "whisper-llada"
 BAD_BATCHES_DIR = "bad_batches"
 
 
+def _logged_step(line: str) -> float:
+    """The step of a log.jsonl line; infinity for a line torn by a kill (it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 class MetricsLog:
     """Rank 0's outputs: log.jsonl, TensorBoard and wandb when enabled, and the console."""
 
-    def __init__(self, cfg: Config, output_dir: Path):
+    def __init__(self, cfg: Config, output_dir: Path, resumed_step: int | None = None):
         self.path = output_dir / "log.jsonl"
+        if resumed_step is not None and self.path.is_file():
+            self._forget_after(resumed_step)
         self.tensorboard = self.wandb = None
         if cfg.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # a slow import: only when asked
@@ -67,6 +77,14 @@ class MetricsLog:
             self.wandb = wandb.init(
                 project=WANDB_PROJECT, name=output_dir.name, config=to_dict(cfg), dir=output_dir
             )
+
+    def _forget_after(self, step: int) -> None:
+        """Drop the entries of steps after `step`: a run stopped between writing them and its
+        next checkpoint redoes those steps, and would log them twice."""
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _logged_step(line) <= step]
+        if len(kept) < len(lines):
+            write_atomically(self.path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
 
     def write(self, step: int, metrics: dict[str, float | None]) -> None:
         with self.path.open("a", encoding="utf-8") as log:
