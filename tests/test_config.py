@@ -187,3 +187,10 @@ def test_an_override_that_is_not_yaml_names_the_override():
 def test_a_non_finite_number_is_refused(value):
     with pytest.raises(ConfigError, match=r"decode\.temperature: expected a finite number"):
         load_config("configs/tiny.yaml", [f"decode.temperature={value}"])
+
+
+@pytest.mark.parametrize("seconds", ["60", "0", "-1"])
+def test_max_seconds_beyond_the_whisper_window_is_refused_at_load(seconds):
+    with pytest.raises(ConfigError, match=r"audio\.max_seconds: .* is outside \(0, 30\]"):
+        load_config("configs/tiny.yaml", [f"audio.max_seconds={seconds}"])
+    assert load_config("configs/tiny.yaml", ["audio.max_seconds=30"]).audio.max_seconds == 30.0

@@ -117,7 +117,8 @@ def _limit_duration(
     )
     if too_long == "error":
         raise AudioError(
-            f"{message}; split the file, raise max_seconds, or pass too_long='truncate'"
+            f"{message}; split the file into clips of at most {CHUNK_SECONDS} s (the Whisper "
+            "encoder's window), lower the limit, or pass too_long='truncate'"
         )
     warnings.warn(f"{message}; keeping the first {max_seconds:g} s", stacklevel=3)
     return wave[:max_samples]

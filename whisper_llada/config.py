@@ -20,6 +20,8 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from whisper_llada.audio import CHUNK_SECONDS
+
 
 class ConfigError(ValueError):
     """A configuration file or override that does not match the schema."""
@@ -32,6 +34,14 @@ class AudioConfig:
     max_seconds: float = 30.0
     too_long: Literal["truncate", "error"] = "truncate"
     min_seconds: float = 0.0  # Whisper-LLaDA's training pads clips under 1 s with silence
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.max_seconds <= CHUNK_SECONDS:
+            raise ConfigError(
+                f"audio.max_seconds: {self.max_seconds} is outside (0, {CHUNK_SECONDS:g}]: "
+                "every Whisper encoder takes at most 30 s (3000 mel frames); longer clips are "
+                "cut or failed by audio.too_long (truncate / error)"
+            )
 
 
 @dataclass(frozen=True)

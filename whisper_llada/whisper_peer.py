@@ -21,7 +21,7 @@ import whisper
 from tqdm import tqdm
 
 from whisper_llada.atomic_write import write_text_atomically
-from whisper_llada.audio import SAMPLE_RATE
+from whisper_llada.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_llada.manifest import AudioError, Utterance, load_wave
 from whisper_llada.metrics import write_errs, write_recogs, write_wer
 from whisper_llada.mode_comparison import ModeRow, read_row
@@ -38,7 +38,6 @@ DEFAULT_CHECKPOINT = Path("pretrained/whisper-tiny.en/tiny.en.pt")  # setup.sh c
 LABEL = "Whisper tiny.en (greedy, 30 s)"
 DEMO_UTTERANCES = 100  # of the demo's test-clean: ~1 s a clip at 30 s padding
 FINGERPRINT_NAME = "whisper_model.json"
-WHISPER_SECONDS = 30.0  # Whisper's window: longer clips are cut, as pad_or_trim does
 OPTIONS = whisper.DecodingOptions(
     language="en", task="transcribe", temperature=0.0, without_timestamps=True, fp16=False
 )
@@ -107,7 +106,7 @@ def _decode_batch(model: whisper.Whisper, batch: Sequence[Utterance]) -> list[Re
     records, loaded, waves = [], [], []
     for utt in batch:
         try:
-            wave = load_wave(utt, max_seconds=WHISPER_SECONDS, too_long="truncate")
+            wave = load_wave(utt, max_seconds=CHUNK_SECONDS, too_long="truncate")
         except AudioError as error:
             records.append(Record(utt.id, utt.text, "", None, 0, 0.0, 0.0, error=str(error)))
             continue
