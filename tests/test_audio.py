@@ -234,6 +234,29 @@ def test_load_audio_non_finite(tmp_path, bad: float) -> None:
         load_audio(path)
 
 
+@pytest.mark.parametrize("scale", [32768.0, 1e6])
+def test_load_audio_float_samples_at_another_scale(tmp_path, scale: float) -> None:
+    path = tmp_path / "int16_scale.wav"
+    sf.write(
+        path,
+        noise_and_tone(0.1) / np.abs(noise_and_tone(0.1)).max() * scale,
+        SAMPLE_RATE,
+        subtype="FLOAT",
+    )
+    with pytest.raises(
+        AudioError, match=re.escape(f"{path}: samples reach ") + r".* outside the \[-1, 1\]"
+    ):
+        load_audio(path)
+    slightly_clipped = tmp_path / "clipped.wav"  # a float file a little past full scale is fine
+    sf.write(
+        slightly_clipped,
+        noise_and_tone(0.1) / np.abs(noise_and_tone(0.1)).max() * 1.2,
+        SAMPLE_RATE,
+        subtype="FLOAT",
+    )
+    assert np.abs(load_audio(slightly_clipped)).max() > 1.0
+
+
 def test_load_audio_too_long_error(tmp_path) -> None:
     path = tmp_path / "long.wav"
     sf.write(path, noise_and_tone(1.25), SAMPLE_RATE)

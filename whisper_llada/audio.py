@@ -26,6 +26,9 @@ HOP_LENGTH = 160  # 10 ms hop: 16000 / 160 = 100 mel frames per second
 CHUNK_SECONDS = 30  # Whisper's fixed input length
 N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples in a 30 s chunk
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a 30 s chunk
+# Float files may clip a little past full scale (resampling, mastering); a peak far beyond it is
+# another scale, e.g. int16 values stored as floats (x32768), which decodes to nonsense.
+MAX_SAMPLE_PEAK = 2.0
 
 SUPPORTED_N_MELS = (80, 128)  # 80 bins for Whisper v1/v2, 128 for large-v3
 LOG_FLOOR = 1e-10  # power floor before log10, so silence gives -10 instead of -inf
@@ -73,8 +76,8 @@ def load_audio(
         wave: (N,) float32 at SAMPLE_RATE, N > 0.
 
     Raises:
-        AudioError: the file is missing, unreadable, empty, holds NaN/inf samples, or is too
-            long with too_long="error".
+        AudioError: the file is missing, unreadable, empty, holds NaN/inf samples or samples
+            beyond +-MAX_SAMPLE_PEAK, or is too long with too_long="error".
     """
     if too_long not in _TOO_LONG_POLICIES:
         raise ValueError(f"too_long must be one of {_TOO_LONG_POLICIES}, got {too_long!r}")
@@ -96,6 +99,12 @@ def load_audio(
         raise AudioError(f"{path}: audio file is empty (0 samples); remove it from the data")
     if not np.isfinite(samples).all():
         raise AudioError(f"{path}: audio holds NaN or inf samples; re-encode or remove the file")
+    peak = float(np.abs(samples).max())
+    if peak > MAX_SAMPLE_PEAK:  # only float files can: integer ones read back within [-1, 1]
+        raise AudioError(
+            f"{path}: samples reach {peak:.4g}, far outside the [-1, 1] of float audio (e.g. "
+            "floats written at int16 scale); rescale the file to [-1, 1] or store it as 16-bit PCM"
+        )
 
     wave = samples.mean(axis=1, dtype=np.float32)  # (N,)
     if file_rate != SAMPLE_RATE:
