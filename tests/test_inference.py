@@ -163,3 +163,21 @@ def test_torchrun_shards_are_disjoint_and_merged(tiny_models, test_set, uninterr
     ]
     assert ranks[0] and ranks[1] and not ranks[0] & ranks[1]
     assert decoded(output_dir) == decoded(uninterrupted)
+
+
+def test_an_utterance_without_a_first_pass_fails_alone(tiny_models, test_set, tmp_path):
+    lines = [json.loads(line) for line in test_set.read_text().splitlines()][:4]
+    for line in lines:
+        line["audio"] = str(test_set.parent / line["audio"])
+    del lines[1]["first_pass"]
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    deliberation = ["decode.mode=diffusion_deliberation", "decode.first_pass=manifest"]
+    inference.main(arguments(tiny_models, manifest, out, *deliberation))
+    results = decoded(out)
+    assert set(results) == {line["id"] for line in lines}
+    failed = {k: v[2] for k, v in results.items() if v[2] is not None}
+    assert list(failed) == [lines[1]["id"]]
+    assert "no first pass in the manifest" in failed[lines[1]["id"]]
+    assert all(results[line["id"]][0] for line in lines if line is not lines[1])

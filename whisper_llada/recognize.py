@@ -28,6 +28,9 @@ from whisper_llada.model import SpeechLLM, WhisperLLaDA
 from whisper_llada.prior_guided import prior_guided_decode
 from whisper_llada.prompt import decode_text, text_ids
 
+# The modes that start from a first pass (decode.first_pass: manifest, ctc or model).
+FIRST_PASS_MODES = ("diffusion_deliberation", "semi_ar_deliberation", "prior_guided")
+
 
 @dataclass
 class Hypothesis:

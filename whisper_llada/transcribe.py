@@ -20,7 +20,7 @@ from whisper_llada.config import Config, from_dict, to_dict
 from whisper_llada.manifest import Utterance, load_wave, make_batches
 from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
 from whisper_llada.model import SpeechLLM
-from whisper_llada.recognize import recognize
+from whisper_llada.recognize import FIRST_PASS_MODES, recognize
 from whisper_llada.results import Record, ShardWriter, merge_shards, shard_path
 
 # What a folder's results depend on: resuming with other values would mix two experiments.
@@ -84,6 +84,7 @@ def decode_utterances(
     """
     if cfg.decode.first_pass == "model" and first_pass is None:
         first_pass = load_first_pass(cfg, model.prompt_ids.device)
+    needs_first_pass = cfg.decode.first_pass == "manifest" and cfg.decode.mode in FIRST_PASS_MODES
     limit = cfg.inference.max_duration
     batches = make_batches(
         utterances, batch_size=None if limit else cfg.inference.batch_size, max_duration=limit
@@ -100,6 +101,14 @@ def decode_utterances(
         for batch in batches:
             records, loaded, waves = [], [], []
             for utt in batch:
+                if needs_first_pass and utt.first_pass is None:
+                    error = (
+                        f"{utt.id}: no first pass in the manifest (origin_transcripts / "
+                        f"first_pass) for decode.mode={cfg.decode.mode}; add one, or set "
+                        "decode.first_pass=ctc"
+                    )
+                    records.append(Record(utt.id, utt.text, "", None, 0, 0.0, 0.0, error=error))
+                    continue
                 try:
                     waves.append(
                         load_wave(
