@@ -21,7 +21,7 @@ from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.config import load_config, to_dict
 from whisper_llada.distributed import barrier, device_for, init_distributed, shutdown
 from whisper_llada.manifest import read_manifest, shard
-from whisper_llada.results import finished_ids
+from whisper_llada.results import check_same_utterances, finished_ids
 from whisper_llada.transcribe import check_same_run, decode_shard, summarize
 
 
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     done = finished_ids(output_dir)
     if done:
         check_same_run(output_dir / "config.yaml", to_dict(cfg))
+        check_same_utterances(output_dir, {u.id: u.text for u in utterances})
     todo = [u for u in shard(utterances, info.rank, info.world_size) if u.id not in done]
     if info.is_main:
         write_text_atomically(

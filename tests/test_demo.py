@@ -206,8 +206,10 @@ def test_a_mode_folder_with_other_results_is_refused(tmp_path):
 
     cfg = load_config(REPO / "configs" / "demo.yaml")
     with pytest.raises(
-        ValueError,
-        match=re.escape("holds results of 1 utterance(s) outside this test set (e.g. other)"),
+        SystemExit,
+        match=re.escape(
+            "holds results of 1 utterance(s) that are not in this test set (e.g. other)"
+        ),
     ):
         decode_mode(never, cfg, "diffusion", [], tmp_path)
     (tmp_path / "config.yaml").write_text(

@@ -181,3 +181,27 @@ def test_an_utterance_without_a_first_pass_fails_alone(tiny_models, test_set, tm
     assert list(failed) == [lines[1]["id"]]
     assert "no first pass in the manifest" in failed[lines[1]["id"]]
     assert all(results[line["id"]][0] for line in lines if line is not lines[1])
+
+
+@pytest.mark.parametrize("change", ["edited reference", "dropped lines"])
+def test_a_rerun_on_a_changed_test_set_is_refused_and_keeps_the_results(
+    tiny_models, test_set, tmp_path, change
+):
+    lines = [json.loads(line) for line in test_set.read_text().splitlines()][:6]
+    for line in lines:
+        line["audio"] = str(test_set.parent / line["audio"])
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    inference.main(arguments(tiny_models, manifest, out))
+    before = (out / MERGED_NAME).read_text()
+    if change == "edited reference":
+        lines[2]["text"] = "an edited reference"
+        expected = "that have another reference now"
+    else:
+        del lines[3:]
+        expected = "that are not in this test set"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(SystemExit, match=rf"holds results of \d utterance\(s\) {expected}"):
+        inference.main(arguments(tiny_models, manifest, out))
+    assert (out / MERGED_NAME).read_text() == before

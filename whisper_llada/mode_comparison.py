@@ -27,7 +27,12 @@ from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.cascade import FirstPass, first_pass_config
 from whisper_llada.config import Config, to_dict
 from whisper_llada.manifest import Utterance
-from whisper_llada.results import MERGED_NAME, finished_ids, read_records
+from whisper_llada.results import (
+    MERGED_NAME,
+    check_same_utterances,
+    finished_ids,
+    read_records,
+)
 from whisper_llada.transcribe import (
     check_same_run,
     decode_utterances,
@@ -240,20 +245,14 @@ def decode_mode(
     row); None: the cascade loads it.
 
     Raises:
-        SystemExit: `output_dir` holds results decoded with other settings (as inference.py).
-        ValueError: `output_dir` holds results of utterances that are not in `utterances`
-            (another test set, or another --limit, decoded there).
+        SystemExit: `output_dir` holds results decoded with other settings, or of utterances
+            that are not in `utterances` or had another reference (as inference.py).
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     done = finished_ids(output_dir)
     if done:
         check_same_run(output_dir / "config.yaml", to_dict(cfg))
-    stray = done - {u.id for u in utterances}
-    if stray:
-        raise ValueError(
-            f"{output_dir} holds results of {len(stray)} utterance(s) outside this test set "
-            f"(e.g. {min(stray)}); delete the folder or decode into another one"
-        )
+        check_same_utterances(output_dir, {u.id: u.text for u in utterances})
     todo = [u for u in utterances if u.id not in done]
     write_text_atomically(output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if todo:

@@ -67,6 +67,30 @@ def finished_ids(output_dir: Path) -> set[str]:
     return {r.id for path in sorted(output_dir.glob(SHARD_PATTERN)) for r in read_records(path)}
 
 
+def check_same_utterances(output_dir: Path, references: dict[str, str]) -> None:
+    """Stop unless every utterance `output_dir` has finished is one of this test set, unchanged.
+
+    `references` maps every utterance id of the test set to its reference. A resume keyed on
+    the manifest's path alone would keep results of utterances dropped from it, or scored
+    against an edited reference; both are refused.
+
+    Raises:
+        SystemExit: a finished utterance is not in the test set, or its reference changed.
+    """
+    records = [r for path in sorted(output_dir.glob(SHARD_PATTERN)) for r in read_records(path)]
+    stray = sorted({r.id for r in records} - set(references))
+    changed = sorted(
+        r.id for r in records if r.id in references and r.reference != references[r.id]
+    )
+    for ids, what in ((stray, "are not in this test set"), (changed, "have another reference now")):
+        if ids:
+            raise SystemExit(
+                f"{output_dir} holds results of {len(ids)} utterance(s) that {what} (e.g. "
+                f"{ids[0]}): the test set changed since they were decoded; decode into another "
+                "inference.output_dir, or delete this one"
+            )
+
+
 class ShardWriter:
     """Appends records to this rank's shard file, durable after each `write` call."""
 
