@@ -20,8 +20,9 @@ import yaml
 from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.config import load_config, to_dict
 from whisper_llada.distributed import barrier, device_for, init_distributed, shutdown
+from whisper_llada.file_hash import file_sha256
 from whisper_llada.manifest import read_manifest, shard
-from whisper_llada.results import check_same_utterances, finished_ids
+from whisper_llada.results import check_same_utterances, claim_results_folder, finished_ids
 from whisper_llada.transcribe import check_same_run, decode_shard, summarize
 
 
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = Path(cfg.inference.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     utterances = read_manifest(cfg.inference.manifest)
+    if cfg.inference.checkpoint:  # a checkpoint replaced at the same path is another model
+        fingerprint = {"model": cfg.inference.checkpoint}
+        fingerprint["checkpoint_sha256"] = file_sha256(cfg.inference.checkpoint)
+        claim_results_folder(output_dir, fingerprint)
     done = finished_ids(output_dir)
     if done:
         check_same_run(output_dir / "config.yaml", to_dict(cfg))

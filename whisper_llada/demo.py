@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -51,7 +49,6 @@ import torch
 from tqdm import tqdm
 
 from whisper_llada import whisper_peer
-from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.checkpoint import read_checkpoint
 from whisper_llada.config import load_config
 from whisper_llada.demo_recipe import (
@@ -68,6 +65,7 @@ from whisper_llada.demo_retrain import (
 )
 from whisper_llada.demo_retrain_ar import add_retrain_ar_arguments, run_retrain_ar
 from whisper_llada.demo_table import About, SetResult, write_results
+from whisper_llada.file_hash import file_sha256
 from whisper_llada.manifest import read_manifest
 from whisper_llada.mode_comparison import (
     AR_DECODE,
@@ -80,6 +78,7 @@ from whisper_llada.mode_comparison import (
     decode_mode,
     standard_modes,
 )
+from whisper_llada.results import claim_results_folder
 from whisper_llada.transcribe import load_decoder
 
 DEFAULT_MODEL = Path("models/demo")
@@ -88,9 +87,8 @@ AR_SUFFIX = "_ar"  # the default AR model: models/demo -> models/demo_ar
 PEER_SET = "test-clean"  # the set with the Whisper peer row and the paper's naive setting
 PAPER_UTTERANCES = 50
 MODEL_FILES = ("config.yaml", "checkpoint.safetensors", "whisper")  # and the LLM's folder
-FINGERPRINT_NAME = "model.json"  # in a decode folder: the model its results come from
+ANOTHER_WORK_DIR = "pass another --work-dir"
 AR_FINGERPRINT_NAME = "ar_model.json"  # and the AR model the AR and cascade rows come from
-HASH_CHUNK_BYTES = 1 << 20
 MAKE_MODEL = {  # how to make an exported model, by its LLM
     "llada": "`python -m whisper_llada.demo retrain --out DIR`",
     "llama": "`python -m whisper_llada.demo retrain-ar --out DIR`",
@@ -111,14 +109,6 @@ def mode_folder(mode: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", mode.lower()).strip("-")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_model_dir(model_dir: Path, llm: str = "llada") -> None:
     """Stop unless `model_dir` is an export of a model with this LLM ("llada" or "llama")."""
     missing = [name for name in (*MODEL_FILES, llm) if not (model_dir / name).exists()]
@@ -128,24 +118,6 @@ def check_model_dir(model_dir: Path, llm: str = "llada") -> None:
             f"{model_dir} is not {kind} ({', '.join(missing)} missing): make one with "
             f"{MAKE_MODEL[llm]} or `python -m whisper_llada.export`"
         )
-
-
-def claim_decode_folder(
-    decode_dir: Path, fingerprint: dict[str, str], name: str = FINGERPRINT_NAME, what="model"
-) -> None:
-    """Record in `decode_dir`/`name` which model (`what`: "model", "AR model") its results come
-    from; refuse to mix in another model's."""
-    path = decode_dir / name
-    if path.is_file():
-        recorded = json.loads(path.read_text())
-        if recorded["checkpoint_sha256"] != fingerprint["checkpoint_sha256"]:
-            raise SystemExit(
-                f"{decode_dir} holds results of another {what} ({recorded['model']}, checkpoint "
-                f"sha256 {recorded['checkpoint_sha256'][:12]}): pass another --work-dir, or "
-                f"delete {decode_dir} to decode this one there"
-            )
-        return
-    write_text_atomically(path, json.dumps(fingerprint, indent=2) + "\n")
 
 
 @dataclass(frozen=True)
@@ -224,14 +196,16 @@ def run_demo(
     modes = standard_modes(cfg.decode.gen_len)
     fingerprint = {"model": str(model_dir), "checkpoint_sha256": file_sha256(checkpoint)}
     decode_dir = work_dir / ("decode" if limit is None else f"decode-first{limit}")
-    claim_decode_folder(decode_dir, fingerprint)
+    claim_results_folder(decode_dir, fingerprint, elsewhere=ANOTHER_WORK_DIR)
     device = torch.device(cfg.inference.device)
     decoder = functools.cache(lambda: load_decoder(cfg, device))
     # Per mode: the config it decodes with, the overrides before the mode's, the model.
     runs = dict.fromkeys(modes, (model_config, (*model_paths(model_dir), *NEUTRAL_DECODE), decoder))
     ar_decoder = None
     if ar is not None:
-        claim_decode_folder(decode_dir, ar.fingerprint, AR_FINGERPRINT_NAME, "AR model")
+        claim_results_folder(
+            decode_dir, ar.fingerprint, AR_FINGERPRINT_NAME, "AR model", ANOTHER_WORK_DIR
+        )
         # The cascade's first pass decodes exactly as the AR row: the same config, overrides.
         first_pass = (*ar.base_overrides, *AR_DECODE)
         ar_cfg = load_config(ar.config, first_pass)

@@ -18,6 +18,7 @@ from whisper_llada.atomic_write import write_text_atomically
 
 SHARD_PATTERN = "results-rank*.jsonl"
 MERGED_NAME = "results.jsonl"
+MODEL_FINGERPRINT_NAME = "model.json"  # in a results folder: the model its results come from
 
 
 @dataclass(frozen=True)
@@ -134,3 +135,28 @@ def merge_shards(output_dir: Path) -> list[Record]:
         output_dir / MERGED_NAME, "".join(json.dumps(asdict(r)) + "\n" for r in merged)
     )
     return merged
+
+
+def claim_results_folder(
+    folder: Path,
+    fingerprint: dict[str, str],
+    name: str = MODEL_FINGERPRINT_NAME,
+    what: str = "model",
+    elsewhere: str = "decode into another folder",
+) -> None:
+    """Record in `folder`/`name` which model (`what`) its results come from, by the sha256 of
+    its checkpoint (`fingerprint["checkpoint_sha256"]`, beside e.g. its path); refuse to mix in
+    another's, so a checkpoint replaced at the same path is not resumed with. `elsewhere`: how
+    the user picks another folder, for the message."""
+    path = folder / name
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded["checkpoint_sha256"] != fingerprint["checkpoint_sha256"]:
+            raise SystemExit(
+                f"{folder} holds results of another {what} ({recorded.get('model', '?')}, "
+                f"checkpoint sha256 {recorded['checkpoint_sha256'][:12]}): {elsewhere}, or "
+                f"delete {folder} to decode this one there"
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(path, json.dumps(fingerprint, indent=2) + "\n")

@@ -11,7 +11,6 @@ rerun decodes only what is missing; results of another checkpoint are refused.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,6 @@ import torch
 import whisper
 from tqdm import tqdm
 
-from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.audio import CHUNK_SECONDS, SAMPLE_RATE
 from whisper_llada.manifest import AudioError, Utterance, load_wave
 from whisper_llada.metrics import write_errs, write_recogs, write_wer
@@ -28,6 +26,7 @@ from whisper_llada.mode_comparison import ModeRow, read_row
 from whisper_llada.results import (
     Record,
     ShardWriter,
+    claim_results_folder,
     finished_ids,
     merge_shards,
     shard_path,
@@ -75,20 +74,13 @@ def decode_folder(
 ) -> None:
     """Decode what `output_dir` lacks of `utterances` with the checkpoint; write the result files.
 
-    `fingerprint` identifies the checkpoint (e.g. its path and sha256); it is recorded in the
+    `fingerprint` identifies the checkpoint ({"checkpoint_sha256": ...}); it is recorded in the
     folder, and a folder recorded with another is refused.
 
     Raises:
         SystemExit: `output_dir` holds results of another checkpoint.
     """
-    marker = output_dir / FINGERPRINT_NAME
-    if marker.is_file() and json.loads(marker.read_text()) != fingerprint:
-        raise SystemExit(
-            f"{output_dir} holds results of another Whisper checkpoint "
-            f"({marker.read_text().strip()}); delete the folder or decode into another one"
-        )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(marker, json.dumps(fingerprint) + "\n")
+    claim_results_folder(output_dir, fingerprint, FINGERPRINT_NAME, "Whisper checkpoint")
     done = finished_ids(output_dir)
     todo = [u for u in utterances if u.id not in done]
     if todo:
