@@ -74,6 +74,7 @@ from whisper_llada.train_run import (
 )
 from whisper_llada.train_state import (
     Progress,
+    check_resumed_recipe,
     load_training_state,
     restore_rng_state,
     seed_everything,
@@ -103,6 +104,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stop-at", type=int, default=None, help="end after this many updates, with a checkpoint"
     )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume although the recipe changed (the old config.yaml is kept as config-step<N>.yaml)",
+    )
     return parser.parse_intermixed_args(argv)  # flags and overrides in any order
 
 
@@ -127,10 +133,15 @@ def check_config(cfg: Config) -> None:
         raise SystemExit("train.device=cuda but no CUDA device is visible: use train.device=cpu")
 
 
-def setup(cfg: Config, info: DistInfo, device: torch.device) -> tuple[Run, ResumableSampler]:
+def setup(
+    cfg: Config, info: DistInfo, device: torch.device, allow_config_change: bool = False
+) -> tuple[Run, ResumableSampler]:
     """Model, optimizer, scaler, random streams and data position: fresh, or as last saved."""
     output_dir = Path(cfg.train.output_dir)
     resume, state = load_training_state(output_dir, info.world_size) or (None, None)
+    if state is not None:
+        step = state["progress"]["step"]
+        check_resumed_recipe(output_dir, to_dict(cfg), step=step, allow_change=allow_config_change)
     model, tokenizer = build_trainable_model(cfg, device, resume, announce=info.is_main)
     optimizer = build_optimizer(model.trainable_parameters(), cfg.train)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
@@ -382,7 +393,8 @@ def main(argv: list[str] | None = None) -> Progress:
     info = init_distributed(cfg.train.device)
     run = None
     try:
-        run, sampler = setup(cfg, info, device_for(cfg.train.device, info))
+        device = device_for(cfg.train.device, info)
+        run, sampler = setup(cfg, info, device, args.allow_config_change)
         if run.log is not None:
             config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
             write_text_atomically(run.output_dir / "config.yaml", config_yaml)

@@ -332,3 +332,26 @@ def test_a_resume_after_a_kill_between_log_and_checkpoint_logs_each_step_once(
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and [s for s, _ in log_entries(out, "valid_loss")] == [0, 2, 4]
     assert [s for s, _ in log_entries(out, "loss")] == [2, 4]
+
+
+def test_a_resume_with_another_recipe_is_refused_unless_asked(tiny_models, corpus, tmp_path):
+    out = tmp_path / "run"
+    recipe = ("train.max_steps=4", "train.save_every=2", "train.valid_every=2")
+    train.main([*arguments(tiny_models, corpus, out, *recipe), "--stop-at", "2"])
+    first = (out / "config.yaml").read_text()
+    changed = arguments(tiny_models, corpus, out, *recipe, "train.lr=5e-4", "audio.pad_to_30s=true")
+    with pytest.raises(
+        SystemExit,
+        match=r"up to step 2 with another recipe \(audio\.pad_to_30s, train\.lr changed\)",
+    ):
+        train.main(changed)
+    assert (out / "config.yaml").read_text() == first and adam_steps(out) == {2}
+    longer = arguments(
+        tiny_models, corpus, out, "train.max_steps=3", "train.save_every=2", "train.valid_every=2"
+    )
+    assert train.main([*longer, "--stop-at", "3"]).step == 3  # a longer run is the same recipe
+    progress = train.main([*changed, "--allow-config-change"])
+    assert progress.step == 4
+    assert (out / "config-step00000003.yaml").read_text() != (out / "config.yaml").read_text()
+    assert load_config(out / "config.yaml").train.lr == 5e-4
+    assert load_config(out / "config-step00000003.yaml").train.lr == 1e-3

@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 
 from whisper_llada.atomic_write import write_atomically
 from whisper_llada.checkpoint import save_checkpoint
+from whisper_llada.config import Config, from_dict, to_dict
 from whisper_llada.model import WhisperLLaDA
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -212,3 +214,55 @@ def load_training_state(output_dir: Path, world_size: int) -> tuple[Path, dict[s
             f"train.init_checkpoint={folder / WEIGHTS_FILE})"
         )
     return folder, state
+
+
+# What a resume may change without --allow-config-change: how long and how observably the run
+# goes, where it runs, how data is loaded; not what each update computes.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.max_steps",
+        "train.log_every",
+        "train.valid_every",
+        "train.save_every",
+        "train.valid_wer_utterances",
+        "train.max_bad_steps",
+        "train.tensorboard",
+        "train.wandb",
+        "train.device",
+        "data.num_workers",
+    }
+)
+
+
+def check_resumed_recipe(
+    output_dir: Path, config: dict[str, Any], *, step: int, allow_change: bool
+) -> None:
+    """Stop a resume whose recipe differs from the run's config.yaml, naming the keys.
+
+    With `allow_change` the run continues with the new recipe and the old config.yaml is kept
+    as config-step<N>.yaml (N: the step it was used up to), so the record of every step stays.
+
+    Args:
+        config: the new run's config, as `config.to_dict` gives it.
+    """
+    saved_path = output_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = to_dict(from_dict(Config, yaml.safe_load(saved_path.read_text())))
+    changed = [
+        f"{section}.{key}"
+        for section in config
+        for key in sorted(set(saved.get(section, {})) | set(config[section]))
+        if saved.get(section, {}).get(key) != config[section].get(key)
+        and f"{section}.{key}" not in RESUMABLE_CHANGES
+    ]
+    if not changed:
+        return
+    if not allow_change:
+        raise SystemExit(
+            f"{output_dir} was trained up to step {step} with another recipe ({', '.join(changed)} "
+            "changed): resume with the config in its config.yaml, train into another "
+            "train.output_dir, or pass --allow-config-change to go on with this one (the old "
+            "config is then kept as config-step<N>.yaml)"
+        )
+    shutil.copyfile(saved_path, output_dir / f"config-step{step:08d}.yaml")
