@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -233,3 +234,22 @@ def test_a_checkpoint_replaced_at_the_same_path_is_refused(
             with pytest.raises(SystemExit, match="holds results of another model"):
                 inference.main(run)
     assert (out / MERGED_NAME).read_text() == before
+
+
+def test_decoding_with_other_inputs_than_the_checkpoint_was_trained_with_is_refused(
+    tiny_models, test_set, tiny_config, tmp_path
+):
+    from whisper_llada.build import build_model
+    from whisper_llada.checkpoint import save_checkpoint
+    from whisper_llada.config import to_dict
+
+    cfg = tiny_config("audio.pad_to_30s=false")
+    torch.manual_seed(0)
+    model, _ = build_model(cfg.model)
+    checkpoint = save_checkpoint(model, tmp_path / "ckpt.safetensors", config=to_dict(cfg))
+    run = arguments(tiny_models, test_set, tmp_path / "out", f"inference.checkpoint={checkpoint}")
+    for override, key in (("audio.pad_to_30s=true", "audio.pad_to_30s: trained with False"),
+                          ("model.prompt=Hello", "model.prompt: trained with 'Transcribe")):  # fmt: skip
+        with pytest.raises(SystemExit, match=re.escape(key)):
+            inference.main([*run, "audio.pad_to_30s=false", override])
+    assert not (tmp_path / "out" / MERGED_NAME).exists()

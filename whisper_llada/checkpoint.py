@@ -95,6 +95,17 @@ def read_checkpoint(
     return tensors, json.loads(header.get("config", "{}")), json.loads(header.get("metadata", "{}"))
 
 
+def stored_config(path: str | Path) -> dict[str, Any]:
+    """The config stored in a checkpoint written by `save_checkpoint` (its header only; {} if none)."""
+    try:
+        with safe_open(Path(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("config", "{}"))
+    except Exception as error:  # safetensors raises several types for a damaged file
+        raise CheckpointError(
+            f"{path} is not a readable safetensors checkpoint: {error}"
+        ) from error
+
+
 def load_checkpoint(
     model: SpeechLLM, path: str | Path, *, allow_missing_lora: bool = False
 ) -> dict[str, Any]:

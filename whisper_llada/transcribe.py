@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from whisper_llada.audio import SAMPLE_RATE, AudioError
 from whisper_llada.build import build_model, merge_lora
 from whisper_llada.cascade import FirstPass, first_pass_config, first_pass_statistics
-from whisper_llada.checkpoint import load_checkpoint
+from whisper_llada.checkpoint import load_checkpoint, stored_config
 from whisper_llada.config import Config, from_dict, to_dict
 from whisper_llada.manifest import Utterance, load_wave, make_batches
 from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
@@ -57,6 +57,8 @@ def load_decoder(cfg: Config, device: torch.device) -> tuple[SpeechLLM, PreTrain
     torch.manual_seed(
         cfg.decode.seed
     )  # parts a checkpoint does not cover start identical on every rank
+    if cfg.inference.checkpoint:
+        check_trained_inputs(cfg, stored_config(cfg.inference.checkpoint))
     model, tokenizer = build_model(cfg.model, device=device)
     if cfg.inference.checkpoint:
         load_checkpoint(model, cfg.inference.checkpoint)
@@ -64,6 +66,35 @@ def load_decoder(cfg: Config, device: torch.device) -> tuple[SpeechLLM, PreTrain
         merge_lora(model)
     model.eval()
     return model, tokenizer
+
+
+# Settings that change what the model is given: decoding with others than it was trained with
+# feeds it inputs it never saw (the demo model, trained at true length, is at 73 % WER with 30 s
+# padding instead of 19 %), so they are checked against the config stored in the checkpoint.
+TRAINED_INPUT_KEYS = (
+    ("audio", "n_mels"),
+    ("audio", "pad_to_30s"),
+    ("audio", "min_seconds"),
+    ("model", "prompt"),
+    ("model", "answer_suffix"),
+)
+
+
+def check_trained_inputs(cfg: Config, trained: dict) -> None:
+    """Stop when `cfg` feeds the model other inputs than `trained` (a checkpoint's stored
+    config; an empty one, e.g. a converted release without one, is not checked)."""
+    current = to_dict(cfg)
+    changed = [
+        f"{section}.{key}: trained with {trained[section][key]!r}, this run has "
+        f"{current[section][key]!r}"
+        for section, key in TRAINED_INPUT_KEYS
+        if key in trained.get(section, {}) and trained[section][key] != current[section][key]
+    ]
+    if changed:
+        raise SystemExit(
+            f"{cfg.inference.checkpoint} was trained with other inputs ({'; '.join(changed)}): "
+            "decode with the settings it was trained with (its config is stored in the file)"
+        )
 
 
 def decode_utterances(
