@@ -22,6 +22,7 @@ from whisper_llada.data import (
     read_cuts,
     validation_batches,
 )
+from whisper_llada.manifest import ManifestError
 from whisper_llada.prompt import load_tokenizer, text_ids
 from whisper_llada.speech_synthesis import synthesize
 
@@ -243,3 +244,16 @@ def test_loader_workers_prefetching_does_not_shift_the_saved_position(clips, tok
     first = batches(None, 2)
     resumed = batches(first[-1].sampler_state, 4)
     assert [b.ids for b in first + resumed] == uninterrupted
+
+
+def test_a_cut_whose_audio_lhotse_would_transform_is_refused_in_training(clips, tokenizer):
+    audio = str(clips / "u0.flac")
+    seconds = sf.info(audio).duration
+    plain = cut("plain", audio, seconds)
+    dataset = SpeechDataset(tokenizer, TRUE_LENGTH, skip_bad_audio=True)
+    assert dataset[CutSet.from_cuts([plain])].speech is not None
+    sped_up = plain.perturb_speed(1.1)  # training used to read the unperturbed file, cut short
+    with pytest.raises(
+        ManifestError, match=r"cut 'plain_sp1\.1' has lhotse audio transforms .* \(training\)"
+    ):
+        dataset[CutSet.from_cuts([sped_up])]

@@ -49,6 +49,7 @@ from whisper_llada.manifest import (
     ManifestError,
     Utterance,
     read_manifest,
+    unsupported_cut,
     utterance_seconds,
 )
 from whisper_llada.objective import SpeechBatch
@@ -239,18 +240,16 @@ def utterance_cuts(
 
 def cut_utterance(cut: Cut) -> Utterance:
     """The cut as an Utterance for `load_wave`: one audio file, a span, the joined transcripts."""
-    recording = getattr(cut, "recording", None)
-    if (
-        not isinstance(cut, MonoCut | MultiCut)
-        or recording is None
-        or len(recording.sources) != 1
-        or recording.sources[0].type != FILE_SOURCE
-    ):
+    if not isinstance(cut, MonoCut | MultiCut):
         raise ManifestError(
             f"cut {cut.id!r}: training reads cuts of one audio file (a MonoCut whose recording "
             "has one source of type 'file'); mix, pad or export the audio offline and make a "
             "CutSet of the result"
         )
+    problem = unsupported_cut(cut)
+    if problem is not None:
+        raise ManifestError(f"{problem} (training)")
+    recording = cut.recording
     supervisions = sorted(cut.supervisions, key=lambda supervision: supervision.start)
     return Utterance(
         id=cut.id,

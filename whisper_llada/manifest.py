@@ -226,6 +226,39 @@ def _first_pass(path: str | os.PathLike[str], where: str, record: dict) -> str |
     )
 
 
+def unsupported_cut(cut: MonoCut | MultiCut) -> str | None:
+    """Why the project cannot read this cut's audio as lhotse would give it (None: it can).
+
+    `load_wave` reads one audio file, averages its channels and cuts the span; so a cut needs a
+    recording of one file, no lhotse transforms but resampling (speed perturbation, volume,
+    reverberation would be silently skipped) and every channel selected. Inference and training
+    both refuse other cuts with this message.
+    """
+    recording = cut.recording
+    if recording is None:
+        return f"cut {cut.id!r} has no recording to decode"
+    sources = recording.sources
+    if len(sources) != 1 or sources[0].type != "file":
+        kinds = [source.type for source in sources]
+        return (
+            f"cut {cut.id!r} reads from sources {kinds}; only a recording stored as one audio "
+            "file (one source of type 'file') can be read"
+        )
+    if any(not isinstance(transform, Resample) for transform in recording.transforms or []):
+        return (
+            f"cut {cut.id!r} has lhotse audio transforms {recording.transforms}; save the "
+            "transformed audio to files and make a CutSet of those"
+        )
+    channels = cut.channel if isinstance(cut.channel, list) else [cut.channel]
+    if sorted(channels) != sorted(recording.channel_ids):
+        return (
+            f"cut {cut.id!r} selects channels {channels} of a recording with channels "
+            f"{recording.channel_ids}, but the audio is read with all channels averaged; save "
+            "the selected channels to their own file"
+        )
+    return None
+
+
 def _cut_utterance(
     path: str | os.PathLike[str], where: str, record: dict, folder: Path
 ) -> Utterance:
@@ -243,28 +276,10 @@ def _cut_utterance(
         raise ManifestError(
             f"{path}: {where}: not a valid lhotse {cut_type} ({error!r})"
         ) from error
-    recording = cut.recording
-    if recording is None:
-        raise ManifestError(f"{path}: {where}: cut {cut.id!r} has no recording to decode")
-    sources = recording.sources
-    if len(sources) != 1 or sources[0].type != "file":
-        kinds = [source.type for source in sources]
-        raise ManifestError(
-            f"{path}: {where}: cut {cut.id!r} reads from sources {kinds}; only a recording "
-            "stored as one audio file (one source of type 'file') can be decoded"
-        )
-    if any(not isinstance(transform, Resample) for transform in recording.transforms or []):
-        raise ManifestError(
-            f"{path}: {where}: cut {cut.id!r} has lhotse audio transforms "
-            f"{recording.transforms}; save the transformed audio to files and decode those"
-        )
-    channels = cut.channel if isinstance(cut.channel, list) else [cut.channel]
-    if sorted(channels) != sorted(recording.channel_ids):
-        raise ManifestError(
-            f"{path}: {where}: cut {cut.id!r} selects channels {channels} of a recording with "
-            f"channels {recording.channel_ids}, but decoding averages all channels; save the "
-            "selected channels to their own file"
-        )
+    problem = unsupported_cut(cut)
+    if problem is not None:
+        raise ManifestError(f"{path}: {where}: {problem}")
+    sources = cut.recording.sources
     first_pass = (cut.custom or {}).get("first_pass")
     if first_pass is not None and not isinstance(first_pass, str):
         raise ManifestError(
