@@ -253,3 +253,24 @@ def test_decoding_with_other_inputs_than_the_checkpoint_was_trained_with_is_refu
         with pytest.raises(SystemExit, match=re.escape(key)):
             inference.main([*run, "audio.pad_to_30s=false", override])
     assert not (tmp_path / "out" / MERGED_NAME).exists()
+
+
+def test_a_clip_cut_at_max_seconds_is_recorded_and_counted(tiny_models, test_set, tmp_path):
+    import soundfile as sf
+
+    lines = [json.loads(line) for line in test_set.read_text().splitlines()][:2]
+    for line in lines:
+        line["audio"] = str(test_set.parent / line["audio"])
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    seconds = {line["id"]: sf.info(line["audio"]).duration for line in lines}
+    limit = (min(seconds.values()) + max(seconds.values())) / 2  # cuts the longer one only
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="longer than the"):
+        inference.main(arguments(tiny_models, manifest, out, f"audio.max_seconds={limit}"))
+    records = {r["id"]: r for r in map(json.loads, (out / MERGED_NAME).read_text().splitlines())}
+    longer = max(seconds, key=seconds.get)
+    assert records[longer]["truncated_from_seconds"] == pytest.approx(seconds[longer])
+    assert records[longer]["audio_seconds"] == pytest.approx(limit, abs=1e-3)
+    assert [r["truncated_from_seconds"] for k, r in records.items() if k != longer] == [None]
+    assert "utterances cut at audio.max_seconds: 1" in (out / "wer-test-decoding.txt").read_text()

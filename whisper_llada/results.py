@@ -35,6 +35,9 @@ class Record:
     # its share of the batch's seconds. `prior` holds its text; the fields above the second stage's.
     first_pass_forward_passes: int | None = None
     first_pass_seconds: float | None = None
+    # The clip's full duration when audio.max_seconds cut it (audio_seconds is what was decoded:
+    # the reference's words past the cut count as deletions); None when nothing was cut.
+    truncated_from_seconds: float | None = None
 
     @property
     def failed(self) -> bool:

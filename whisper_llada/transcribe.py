@@ -17,7 +17,7 @@ from whisper_llada.build import build_model, merge_lora
 from whisper_llada.cascade import FirstPass, first_pass_config, first_pass_statistics
 from whisper_llada.checkpoint import load_checkpoint, stored_config
 from whisper_llada.config import Config, from_dict, to_dict
-from whisper_llada.manifest import Utterance, load_wave, make_batches
+from whisper_llada.manifest import Utterance, load_wave, make_batches, utterance_seconds
 from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
 from whisper_llada.model import SpeechLLM
 from whisper_llada.recognize import FIRST_PASS_MODES, recognize
@@ -25,6 +25,7 @@ from whisper_llada.results import Record, ShardWriter, merge_shards, shard_path
 
 # What a folder's results depend on: resuming with other values would mix two experiments.
 RESULT_DEFINING_SECTIONS = ("model", "audio", "decode")
+TRUNCATION_TOLERANCE = 0.01  # seconds: header durations and resampling round a little
 RESULT_DEFINING_INFERENCE_KEYS = (
     "manifest",
     "checkpoint",
@@ -200,9 +201,18 @@ def decode_batch(
             len(w) / SAMPLE_RATE,
             first_pass_forward_passes=None if f is None else f.forward_passes,
             first_pass_seconds=first_share,
+            truncated_from_seconds=truncated_from(u, w),
         )
         for u, h, f, w in zip(utterances, hypotheses, first, waves, strict=True)
     ]
+
+
+def truncated_from(utterance: Utterance, wave: np.ndarray) -> float | None:
+    """The utterance's full duration when its loaded `wave` is shorter (cut by max_seconds)."""
+    full = utterance_seconds(utterance)
+    return (
+        full if full is not None and full > len(wave) / SAMPLE_RATE + TRUNCATION_TOLERANCE else None
+    )
 
 
 @dataclass(frozen=True)
@@ -259,6 +269,9 @@ def summarize(cfg: Config, output_dir: Path) -> str:
         "utterances per second": "n/a" if rate is None else round(rate, 3),
         **first_pass_statistics(records),  # a cascade's first stage; nothing otherwise
     }
+    truncated = [r for r in records if r.truncated_from_seconds is not None]
+    if truncated:  # their reference's words past the cut are deletions
+        extra["utterances cut at audio.max_seconds"] = len(truncated)
     tag = f"{Path(cfg.inference.manifest).name.split('.')[0]}-{cfg.decode.mode}"
     write_recogs(output_dir / f"recogs-{tag}.txt", scored)
     write_errs(output_dir / f"errs-{tag}.txt", summary, alignments)
