@@ -274,3 +274,24 @@ def test_a_clip_cut_at_max_seconds_is_recorded_and_counted(tiny_models, test_set
     assert records[longer]["audio_seconds"] == pytest.approx(limit, abs=1e-3)
     assert [r["truncated_from_seconds"] for k, r in records.items() if k != longer] == [None]
     assert "utterances cut at audio.max_seconds: 1" in (out / "wer-test-decoding.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["decode.threshold=-0.5"], r"threshold must lie in \(0, 1\], got -0\.5"),
+        (["decode.block_length=5"], r"block_length \(5\) must divide gen_len \(16\)"),
+        (["decode.mode=diffusion_deliberation", "decode.mask_ratio=1.5"], "mask_ratio must lie"),
+        (["decode.mode=prior_guided", "decode.first_pass=ctc"], "needs decode.threshold"),
+        (["decode.mode=autoregressive"], "decodes the causal baseline"),
+        (["decode.mode=ctc", "model.ctc.enabled=false"], "needs the CTC head"),
+    ],
+)
+def test_bad_decode_settings_stop_before_the_model_is_built(
+    tiny_models, test_set, tmp_path, monkeypatch, overrides, message
+):
+    from whisper_llada import transcribe
+
+    monkeypatch.setattr(transcribe, "build_model", lambda *a, **k: pytest.fail("model built"))
+    with pytest.raises(SystemExit, match=f"decode settings: .*{message}"):
+        inference.main(arguments(tiny_models, test_set, tmp_path / "out", *overrides))

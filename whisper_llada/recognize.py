@@ -20,7 +20,7 @@ from whisper_llada.audio import batch_features
 from whisper_llada.autoregressive import autoregressive_decode
 from whisper_llada.canvas import DecodeResult, TokenIds
 from whisper_llada.causal_model import WhisperLLaMA
-from whisper_llada.config import AudioConfig, DecodeConfig
+from whisper_llada.config import AudioConfig, DecodeConfig, ModelConfig
 from whisper_llada.ctc import ctc_greedy_decode_with_confidence
 from whisper_llada.decoding import diffusion_decode
 from whisper_llada.deliberation import diffusion_deliberation, semi_ar_deliberation
@@ -115,7 +115,11 @@ def recognize(
 
 def check_mode(model: SpeechLLM, cfg: DecodeConfig) -> None:
     """ValueError when `cfg.mode` cannot run on this kind of model."""
-    causal = isinstance(model, WhisperLLaMA)
+    check_mode_for(isinstance(model, WhisperLLaMA), cfg)
+
+
+def check_mode_for(causal: bool, cfg: DecodeConfig) -> None:
+    """ValueError when `cfg.mode` cannot run on a causal (Whisper-LLaMA) or diffusion model."""
     if cfg.mode == "autoregressive" and not causal:
         raise ValueError(
             "decode.mode=autoregressive decodes the causal baseline (model.llm=llama); "
@@ -127,6 +131,28 @@ def check_mode(model: SpeechLLM, cfg: DecodeConfig) -> None:
             f"decode.mode={cfg.mode} needs Whisper-LLaDA (model.llm=llada); the causal model "
             "(model.llm=llama) decodes with decode.mode=autoregressive (or ctc with a CTC head)"
         )
+
+
+def check_decode_settings(model_cfg: ModelConfig, cfg: DecodeConfig) -> None:
+    """ValueError for decode settings no batch can run with, before any model is built.
+
+    The mode must fit the model kind and the CTC head, and the decoder's own argument checks
+    run on an empty batch (so the messages are the decoders' and nothing is decoded).
+    """
+    check_mode_for(model_cfg.llm == "llama", cfg)
+    uses_ctc = cfg.mode == "ctc" or (cfg.mode in FIRST_PASS_MODES and cfg.first_pass == "ctc")
+    if uses_ctc and not model_cfg.ctc.enabled:
+        raise ValueError(
+            f"decode.mode={cfg.mode} with the CTC draft needs the CTC head: set "
+            "model.ctc.enabled=true (a model trained with one), or another decode.first_pass"
+        )
+    if cfg.mode in ("ctc", "autoregressive"):
+        return
+
+    def never(rows, canvas, lengths):
+        raise AssertionError("an empty batch calls no predictor")
+
+    run_mode(never, cfg, TokenIds(mask=0, eos=1, pad=2, eot=3), [], None, [], "cpu")
 
 
 def token_ids(model: WhisperLLaDA, tokenizer: PreTrainedTokenizerFast) -> TokenIds:

@@ -20,7 +20,7 @@ from whisper_llada.config import Config, from_dict, to_dict
 from whisper_llada.manifest import Utterance, load_wave, make_batches, utterance_seconds
 from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
 from whisper_llada.model import SpeechLLM
-from whisper_llada.recognize import FIRST_PASS_MODES, recognize
+from whisper_llada.recognize import FIRST_PASS_MODES, check_decode_settings, recognize
 from whisper_llada.results import Record, ShardWriter, merge_shards, shard_path
 
 # What a folder's results depend on: resuming with other values would mix two experiments.
@@ -58,6 +58,10 @@ def load_decoder(cfg: Config, device: torch.device) -> tuple[SpeechLLM, PreTrain
     torch.manual_seed(
         cfg.decode.seed
     )  # parts a checkpoint does not cover start identical on every rank
+    try:
+        check_decode_settings(cfg.model, cfg.decode)
+    except ValueError as error:
+        raise SystemExit(f"decode settings: {error}") from None
     if cfg.inference.checkpoint:
         check_trained_inputs(cfg, stored_config(cfg.inference.checkpoint))
     model, tokenizer = build_model(cfg.model, device=device)
