@@ -23,7 +23,7 @@ from whisper_llada.distributed import barrier, device_for, init_distributed, shu
 from whisper_llada.file_hash import file_sha256
 from whisper_llada.manifest import read_manifest, shard
 from whisper_llada.results import check_same_utterances, claim_results_folder, finished_ids
-from whisper_llada.transcribe import check_same_run, decode_shard, summarize
+from whisper_llada.transcribe import check_decode_config, check_same_run, decode_shard, summarize
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config, args.overrides)
     if not cfg.inference.manifest:
         raise SystemExit("set inference.manifest (the test set to decode)")
+    check_decode_config(cfg)
     info = init_distributed(cfg.inference.device)
     output_dir = Path(cfg.inference.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

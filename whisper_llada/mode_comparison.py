@@ -34,6 +34,7 @@ from whisper_llada.results import (
     read_records,
 )
 from whisper_llada.transcribe import (
+    check_decode_config,
     check_same_run,
     decode_utterances,
     set_statistics,
@@ -248,6 +249,7 @@ def decode_mode(
         SystemExit: `output_dir` holds results decoded with other settings, or of utterances
             that are not in `utterances` or had another reference (as inference.py).
     """
+    check_decode_config(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     done = finished_ids(output_dir)
     if done:

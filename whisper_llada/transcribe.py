@@ -58,10 +58,6 @@ def load_decoder(cfg: Config, device: torch.device) -> tuple[SpeechLLM, PreTrain
     torch.manual_seed(
         cfg.decode.seed
     )  # parts a checkpoint does not cover start identical on every rank
-    try:
-        check_decode_settings(cfg.model, cfg.decode)
-    except ValueError as error:
-        raise SystemExit(f"decode settings: {error}") from None
     if cfg.inference.checkpoint:
         check_trained_inputs(cfg, stored_config(cfg.inference.checkpoint))
     model, tokenizer = build_model(cfg.model, device=device)
@@ -83,6 +79,14 @@ TRAINED_INPUT_KEYS = (
     ("model", "prompt"),
     ("model", "answer_suffix"),
 )
+
+
+def check_decode_config(cfg: Config) -> None:
+    """Stop, before any model is built, on decode settings no batch can run with."""
+    try:
+        check_decode_settings(cfg.model, cfg.decode)
+    except ValueError as error:
+        raise SystemExit(f"decode settings: {error}") from None
 
 
 def check_trained_inputs(cfg: Config, trained: dict) -> None:
