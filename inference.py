@@ -18,10 +18,11 @@ from pathlib import Path
 import yaml
 
 from whisper_llada.atomic_write import write_text_atomically
+from whisper_llada.batching import shard
 from whisper_llada.config import load_config, to_dict
 from whisper_llada.distributed import barrier, device_for, init_distributed, shutdown
 from whisper_llada.file_hash import file_sha256
-from whisper_llada.manifest import read_manifest, shard
+from whisper_llada.manifest import read_manifest
 from whisper_llada.results import check_same_utterances, claim_results_folder, finished_ids
 from whisper_llada.transcribe import check_decode_config, check_same_run, decode_shard, summarize
 

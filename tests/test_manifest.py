@@ -13,13 +13,12 @@ import soundfile as sf
 from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
 
 from whisper_llada.audio import SAMPLE_RATE, AudioError, load_audio
+from whisper_llada.batching import make_batches, shard
 from whisper_llada.manifest import (
     ManifestError,
     Utterance,
     load_wave,
-    make_batches,
     read_manifest,
-    shard,
     utterance_seconds,
 )
 

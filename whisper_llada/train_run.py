@@ -253,3 +253,24 @@ def skip_bad_step(
         )
     if run.info.is_main:
         warnings.warn(f"{message}; update skipped", stacklevel=1)
+
+
+def check_config(cfg: Config) -> None:
+    """Stop early, saying what to change, on settings the loop cannot run with."""
+    if not cfg.data.train_manifests:
+        raise SystemExit("set data.train_manifests (lhotse CutSets or the authors' JSON / JSONL)")
+    for key in ("max_steps", "grad_accum", "valid_every", "log_every", "save_every"):
+        if getattr(cfg.train, key) < 1:
+            raise SystemExit(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+    if cfg.data.encoder_cache and cfg.model.train_encoder:
+        raise SystemExit(
+            "data.encoder_cache stores a frozen encoder's outputs, but model.train_encoder is "
+            "true: set data.encoder_cache='' or freeze the encoder"
+        )
+    if cfg.train.init_prefixes and not cfg.train.init_checkpoint:
+        raise SystemExit(
+            "train.init_prefixes selects tensors of train.init_checkpoint: set that too, or "
+            "leave train.init_prefixes empty"
+        )
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("train.device=cuda but no CUDA device is visible: use train.device=cpu")

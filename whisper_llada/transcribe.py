@@ -13,11 +13,12 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from whisper_llada.audio import SAMPLE_RATE, AudioError
+from whisper_llada.batching import make_batches
 from whisper_llada.build import build_model, merge_lora
 from whisper_llada.cascade import FirstPass, first_pass_config, first_pass_statistics
 from whisper_llada.checkpoint import load_checkpoint, stored_config
 from whisper_llada.config import Config, from_dict, to_dict
-from whisper_llada.manifest import Utterance, load_wave, make_batches, utterance_seconds
+from whisper_llada.manifest import Utterance, load_wave, utterance_seconds
 from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
 from whisper_llada.model import SpeechLLM
 from whisper_llada.recognize import FIRST_PASS_MODES, check_decode_settings, recognize
