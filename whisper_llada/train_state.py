@@ -230,6 +230,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.wandb",
         "train.device",
         "data.num_workers",
+        "data.feature_cache",  # read back bit for bit: where it lives changes nothing
     }
 )
 
