@@ -23,7 +23,12 @@ from whisper_llada.config import load_config, to_dict
 from whisper_llada.distributed import barrier, device_for, init_distributed, shutdown
 from whisper_llada.file_hash import file_sha256
 from whisper_llada.manifest import read_manifest
-from whisper_llada.results import check_same_utterances, claim_results_folder, finished_ids
+from whisper_llada.results import (
+    check_same_utterances,
+    claim_results_folder,
+    finished_ids,
+    lock_results_folder,
+)
 from whisper_llada.transcribe import check_decode_config, check_same_run, decode_shard, summarize
 
 
@@ -39,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     info = init_distributed(cfg.inference.device)
     output_dir = Path(cfg.inference.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_results_folder(output_dir) if info.is_main else None  # noqa: F841 (held open)
     utterances = read_manifest(cfg.inference.manifest)
     if cfg.inference.checkpoint:  # a checkpoint replaced at the same path is another model
         fingerprint = {"model": cfg.inference.checkpoint}

@@ -295,3 +295,32 @@ def test_bad_decode_settings_stop_before_the_model_is_built(
     monkeypatch.setattr(transcribe, "build_model", lambda *a, **k: pytest.fail("model built"))
     with pytest.raises(SystemExit, match=f"decode settings: .*{message}"):
         inference.main(arguments(tiny_models, test_set, tmp_path / "out", *overrides))
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(tiny_models, test_set, tmp_path):
+    from whisper_llada.results import lock_results_folder
+
+    out = tmp_path / "out"
+    held = lock_results_folder(out)  # as the first run's main process holds it
+    with pytest.raises(SystemExit, match="another run is decoding into"):
+        inference.main(arguments(tiny_models, test_set, out))
+    held.close()  # the first run ended (a kill -9 drops it the same way)
+    inference.main(arguments(tiny_models, test_set, out))
+    assert len(decoded(out)) == 8
+
+
+def test_a_folder_decoded_twice_merges_once_or_says_how_to_recover(uninterrupted, tmp_path):
+    from whisper_llada.results import merge_shards
+
+    folder = tmp_path / "twice"
+    folder.mkdir()
+    shard = (uninterrupted / "results-rank0.jsonl").read_text()
+    (folder / "results-rank0.jsonl").write_text(shard)
+    (folder / "results-rank1.jsonl").write_text(shard)  # the same results, written twice
+    assert len(merge_shards(folder)) == 8
+    record = json.loads(shard.splitlines()[0])
+    (folder / "results-rank2.jsonl").write_text(
+        json.dumps({**record, "hypothesis": "other"}) + "\n"
+    )
+    with pytest.raises(SystemExit, match=rf"utterance {record['id']} was decoded twice .* delete"):
+        merge_shards(folder)

@@ -9,15 +9,18 @@ finished, whatever the number of ranks was then. The main rank merges all shards
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 from whisper_llada.atomic_write import write_text_atomically
 
 SHARD_PATTERN = "results-rank*.jsonl"
 MERGED_NAME = "results.jsonl"
+LOCK_NAME = ".lock"  # held by the main rank of the run decoding into the folder
 MODEL_FINGERPRINT_NAME = "model.json"  # in a results folder: the model its results come from
 
 
@@ -124,20 +127,53 @@ class ShardWriter:
 def merge_shards(output_dir: Path) -> list[Record]:
     """All shards' records sorted by id, written atomically to results.jsonl.
 
-    Raises ValueError if an utterance appears twice (two runs decoded it with different
-    shardings and disagree on nothing but its place; that would double-count it in the WER).
+    An utterance decoded twice (two runs at once in one folder, or two shardings) is kept once
+    when both records agree on the result (batched decoding equals per-utterance decoding, so a
+    rerun with the same settings does); counting it twice would skew the WER.
+
+    Raises:
+        SystemExit: an utterance was decoded twice with different results.
     """
     records: dict[str, Record] = {}
     for path in sorted(output_dir.glob(SHARD_PATTERN)):
         for record in read_records(path):
-            if record.id in records:
-                raise ValueError(f"utterance {record.id} was decoded twice (in {path} and before)")
-            records[record.id] = record
+            kept = records.setdefault(record.id, record)
+            if _result(kept) != _result(record):
+                raise SystemExit(
+                    f"utterance {record.id} was decoded twice in {output_dir} with different "
+                    f"results ({path} and before): two runs with other settings wrote there; "
+                    "delete the folder (or its results-rank*.jsonl files) and decode again"
+                )
     merged = [records[key] for key in sorted(records)]
     write_text_atomically(
         output_dir / MERGED_NAME, "".join(json.dumps(asdict(r)) + "\n" for r in merged)
     )
     return merged
+
+
+def lock_results_folder(folder: Path) -> IO[str]:
+    """Hold `folder`'s lock for as long as the returned file stays open (the OS drops it when the
+    process ends, kill -9 included, so a lock is never stale).
+
+    Raises:
+        SystemExit: another process holds it (a second run into the same folder).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = (folder / LOCK_NAME).open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SystemExit(
+            f"another run is decoding into {folder} (it holds {folder / LOCK_NAME}): wait for "
+            "it to end, or decode into another inference.output_dir"
+        ) from None
+    return handle
+
+
+def _result(record: Record) -> tuple:
+    """What a record says about its utterance (not how long it took)."""
+    return (record.reference, record.hypothesis, record.prior, record.forward_passes, record.error)
 
 
 def claim_results_folder(
