@@ -45,7 +45,7 @@ def test_set(tmp_path_factory, speech):
         {"id": "missing", "audio": "missing.flac", "text": "never read", "first_pass": "x"}
     )
     manifest = root / "test.jsonl"
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    write_lines(manifest, lines)
     return manifest
 
 
@@ -60,6 +60,17 @@ def arguments(tiny_models, manifest, output_dir, *extra):
         *DECODE,
         *extra,
     ]
+
+
+def first_lines(manifest: Path, count: int) -> list[dict]:
+    """The first `count` lines of the test set's manifest, audio paths made absolute."""
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()][:count]
+    return [{**line, "audio": str(manifest.parent / line["audio"])} for line in lines]
+
+
+def write_lines(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
 
 
 def decoded(output_dir: Path) -> dict[str, tuple[str, int, str | None]]:
@@ -168,12 +179,9 @@ def test_torchrun_shards_are_disjoint_and_merged(tiny_models, test_set, uninterr
 
 
 def test_an_utterance_without_a_first_pass_fails_alone(tiny_models, test_set, tmp_path):
-    lines = [json.loads(line) for line in test_set.read_text().splitlines()][:4]
-    for line in lines:
-        line["audio"] = str(test_set.parent / line["audio"])
+    lines = first_lines(test_set, 4)
     del lines[1]["first_pass"]
-    manifest = tmp_path / "test.jsonl"
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    manifest = write_lines(tmp_path / "test.jsonl", lines)
     out = tmp_path / "out"
     deliberation = ["decode.mode=diffusion_deliberation", "decode.first_pass=manifest"]
     inference.main(arguments(tiny_models, manifest, out, *deliberation))
@@ -189,11 +197,8 @@ def test_an_utterance_without_a_first_pass_fails_alone(tiny_models, test_set, tm
 def test_a_rerun_on_a_changed_test_set_is_refused_and_keeps_the_results(
     tiny_models, test_set, tmp_path, change
 ):
-    lines = [json.loads(line) for line in test_set.read_text().splitlines()][:6]
-    for line in lines:
-        line["audio"] = str(test_set.parent / line["audio"])
-    manifest = tmp_path / "test.jsonl"
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    lines = first_lines(test_set, 6)
+    manifest = write_lines(tmp_path / "test.jsonl", lines)
     out = tmp_path / "out"
     inference.main(arguments(tiny_models, manifest, out))
     before = (out / MERGED_NAME).read_text()
@@ -203,7 +208,7 @@ def test_a_rerun_on_a_changed_test_set_is_refused_and_keeps_the_results(
     else:
         del lines[3:]
         expected = "that are not in this test set"
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    write_lines(manifest, lines)
     with pytest.raises(SystemExit, match=rf"holds results of \d utterance\(s\) {expected}"):
         inference.main(arguments(tiny_models, manifest, out))
     assert (out / MERGED_NAME).read_text() == before
@@ -215,11 +220,8 @@ def test_a_checkpoint_replaced_at_the_same_path_is_refused(
     from whisper_llada.build import build_model
     from whisper_llada.checkpoint import save_checkpoint
 
-    lines = [json.loads(line) for line in test_set.read_text().splitlines()][:2]
-    for line in lines:
-        line["audio"] = str(test_set.parent / line["audio"])
-    manifest = tmp_path / "test.jsonl"
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    lines = first_lines(test_set, 2)
+    manifest = write_lines(tmp_path / "test.jsonl", lines)
     checkpoint, out = tmp_path / "ckpt.safetensors", tmp_path / "out"
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -258,11 +260,8 @@ def test_decoding_with_other_inputs_than_the_checkpoint_was_trained_with_is_refu
 def test_a_clip_cut_at_max_seconds_is_recorded_and_counted(tiny_models, test_set, tmp_path):
     import soundfile as sf
 
-    lines = [json.loads(line) for line in test_set.read_text().splitlines()][:2]
-    for line in lines:
-        line["audio"] = str(test_set.parent / line["audio"])
-    manifest = tmp_path / "test.jsonl"
-    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    lines = first_lines(test_set, 2)
+    manifest = write_lines(tmp_path / "test.jsonl", lines)
     seconds = {line["id"]: sf.info(line["audio"]).duration for line in lines}
     limit = (min(seconds.values()) + max(seconds.values())) / 2  # cuts the longer one only
     out = tmp_path / "out"

@@ -313,6 +313,21 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**values)
 
 
+def changed_keys(
+    saved_file: Path, current: dict[str, Any], sections: typing.Iterable[str]
+) -> list[str]:
+    """`section.key` of every value of `sections` that differs between the config saved in
+    `saved_file` (read through the schema, so keys added since take their defaults) and
+    `current` (as `to_dict` gives it)."""
+    saved = to_dict(from_dict(Config, yaml.safe_load(saved_file.read_text())))
+    return [
+        f"{section}.{key}"
+        for section in sections
+        for key in sorted(set(saved.get(section, {})) | set(current[section]))
+        if saved.get(section, {}).get(key) != current[section].get(key)
+    ]
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict of a config (tuples as lists), e.g. to store in a checkpoint."""
     return json.loads(json.dumps(dataclasses.asdict(config)))

@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 
 from whisper_llada.atomic_write import write_atomically
 from whisper_llada.checkpoint import save_checkpoint
-from whisper_llada.config import Config, from_dict, to_dict
+from whisper_llada.config import changed_keys
 from whisper_llada.model import WhisperLLaDA
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -249,13 +248,8 @@ def check_resumed_recipe(
     saved_path = output_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = to_dict(from_dict(Config, yaml.safe_load(saved_path.read_text())))
     changed = [
-        f"{section}.{key}"
-        for section in config
-        for key in sorted(set(saved.get(section, {})) | set(config[section]))
-        if saved.get(section, {}).get(key) != config[section].get(key)
-        and f"{section}.{key}" not in RESUMABLE_CHANGES
+        key for key in changed_keys(saved_path, config, config) if key not in RESUMABLE_CHANGES
     ]
     if not changed:
         return

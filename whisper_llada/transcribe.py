@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
@@ -17,7 +16,7 @@ from whisper_llada.batching import make_batches
 from whisper_llada.build import build_model, merge_lora
 from whisper_llada.cascade import FirstPass, first_pass_config, first_pass_statistics
 from whisper_llada.checkpoint import load_checkpoint, stored_config
-from whisper_llada.config import Config, from_dict, to_dict
+from whisper_llada.config import Config, changed_keys, to_dict
 from whisper_llada.manifest import Utterance, load_wave, utterance_seconds
 from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
 from whisper_llada.model import SpeechLLM
@@ -297,18 +296,11 @@ def check_same_run(saved_config: Path, config: dict) -> None:
     """
     if not saved_config.is_file():
         return
-    # Through the schema: keys added since the folder was written take their defaults.
-    saved = to_dict(from_dict(Config, yaml.safe_load(saved_config.read_text())))
+    inference = {f"inference.{key}" for key in RESULT_DEFINING_INFERENCE_KEYS}
     changed = [
-        f"{section}.{key}"
-        for section in RESULT_DEFINING_SECTIONS
-        for key in sorted(set(saved.get(section, {})) | set(config[section]))
-        if saved.get(section, {}).get(key) != config[section].get(key)
-    ]
-    changed += [
-        f"inference.{key}"
-        for key in RESULT_DEFINING_INFERENCE_KEYS
-        if saved.get("inference", {}).get(key) != config["inference"][key]
+        key
+        for key in changed_keys(saved_config, config, (*RESULT_DEFINING_SECTIONS, "inference"))
+        if not key.startswith("inference.") or key in inference
     ]
     if changed:
         raise SystemExit(
