@@ -284,6 +284,9 @@ def test_a_clip_cut_at_max_seconds_is_recorded_and_counted(tiny_models, test_set
         (["decode.mode=prior_guided", "decode.first_pass=ctc"], "needs decode.threshold"),
         (["decode.mode=autoregressive"], "decodes the causal baseline"),
         (["decode.mode=ctc", "model.ctc.enabled=false"], "needs the CTC head"),
+        (["inference.batch_size=0"], "batch_size must be >= 1, got 0"),
+        (["inference.batch_size=-3"], "batch_size must be >= 1, got -3"),
+        (["inference.batch_size=null"], "give exactly one of batch_size"),
     ],
 )
 def test_bad_decode_settings_stop_before_the_model_is_built(

@@ -85,6 +85,8 @@ def check_decode_config(cfg: Config) -> None:
     """Stop, before any model is built, on decode settings no batch can run with."""
     try:
         check_decode_settings(cfg.model, cfg.decode)
+        limit = cfg.inference.max_duration  # the batching's own checks, on no utterances
+        make_batches([], batch_size=None if limit else cfg.inference.batch_size, max_duration=limit)
     except ValueError as error:
         raise SystemExit(f"decode settings: {error}") from None
 
