@@ -251,7 +251,8 @@ def test_decoding_with_other_inputs_than_the_checkpoint_was_trained_with_is_refu
     checkpoint = save_checkpoint(model, tmp_path / "ckpt.safetensors", config=to_dict(cfg))
     run = arguments(tiny_models, test_set, tmp_path / "out", f"inference.checkpoint={checkpoint}")
     for override, key in (("audio.pad_to_30s=true", "audio.pad_to_30s: trained with False"),
-                          ("model.prompt=Hello", "model.prompt: trained with 'Transcribe")):  # fmt: skip
+                          ("model.prompt=Hello", "model.prompt: trained with 'Transcribe"),
+                          ("model.ctc.enabled=false", "model.ctc.enabled: trained with True")):  # fmt: skip
         with pytest.raises(SystemExit, match=re.escape(key)):
             inference.main([*run, "audio.pad_to_30s=false", override])
     assert not (tmp_path / "out" / MERGED_NAME).exists()

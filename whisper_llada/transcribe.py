@@ -71,13 +71,15 @@ def load_decoder(cfg: Config, device: torch.device) -> tuple[SpeechLLM, PreTrain
 
 # Settings that change what the model is given: decoding with others than it was trained with
 # feeds it inputs it never saw (the demo model, trained at true length, is at 73 % WER with 30 s
-# padding instead of 19 %), so they are checked against the config stored in the checkpoint.
+# padding instead of 19 %), so they are checked against the config stored in the checkpoint;
+# model.ctc.enabled decides whether the checkpoint's CTC head is built at all.
 TRAINED_INPUT_KEYS = (
     ("audio", "n_mels"),
     ("audio", "pad_to_30s"),
     ("audio", "min_seconds"),
     ("model", "prompt"),
     ("model", "answer_suffix"),
+    ("model", "ctc", "enabled"),
 )
 
 
@@ -91,16 +93,27 @@ def check_decode_config(cfg: Config) -> None:
         raise SystemExit(f"decode settings: {error}") from None
 
 
+_ABSENT = object()
+
+
+def _lookup(config: dict, path: tuple[str, ...]):
+    """The value at `path` in a nested config dict, or _ABSENT."""
+    for key in path:
+        if not isinstance(config, dict) or key not in config:
+            return _ABSENT
+        config = config[key]
+    return config
+
+
 def check_trained_inputs(cfg: Config, trained: dict) -> None:
     """Stop when `cfg` feeds the model other inputs than `trained` (a checkpoint's stored
     config; an empty one, e.g. a converted release without one, is not checked)."""
     current = to_dict(cfg)
-    changed = [
-        f"{section}.{key}: trained with {trained[section][key]!r}, this run has "
-        f"{current[section][key]!r}"
-        for section, key in TRAINED_INPUT_KEYS
-        if key in trained.get(section, {}) and trained[section][key] != current[section][key]
-    ]
+    changed = []
+    for path in TRAINED_INPUT_KEYS:
+        then, now = _lookup(trained, path), _lookup(current, path)
+        if then is not _ABSENT and then != now:
+            changed.append(f"{'.'.join(path)}: trained with {then!r}, this run has {now!r}")
     if changed:
         raise SystemExit(
             f"{cfg.inference.checkpoint} was trained with other inputs ({'; '.join(changed)}): "
