@@ -194,3 +194,15 @@ def test_max_seconds_beyond_the_whisper_window_is_refused_at_load(seconds):
     with pytest.raises(ConfigError, match=r"audio\.max_seconds: .* is outside \(0, 30\]"):
         load_config("configs/tiny.yaml", [f"audio.max_seconds={seconds}"])
     assert load_config("configs/tiny.yaml", ["audio.max_seconds=30"]).audio.max_seconds == 30.0
+
+
+def test_audio_aligned_answer_positions_need_llada_and_a_stride():
+    aligned = "model.answer_positions=audio_aligned"
+    with pytest.raises(ConfigError, match=r"needs model\.audio_vectors_per_token > 0 \(got 0\.0\)"):
+        load_config("configs/tiny.yaml", [aligned])
+    with pytest.raises(ConfigError, match=r"audio_aligned is for LLaDA \(model\.llm=llada\)"):
+        load_config(
+            "configs/tiny.yaml", [aligned, "model.audio_vectors_per_token=8", "model.llm=llama"]
+        )
+    cfg = load_config("configs/tiny.yaml", [aligned, "model.audio_vectors_per_token=8"])
+    assert (cfg.model.answer_positions, cfg.model.audio_vectors_per_token) == ("audio_aligned", 8.0)

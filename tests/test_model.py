@@ -12,6 +12,8 @@ from whisper_llada.build import build_model, merge_lora
 from whisper_llada.objective import SpeechBatch, training_loss
 from whisper_llada.prompt import text_ids
 
+ALIGNED = ("model.answer_positions=audio_aligned", "model.audio_vectors_per_token=2.5")
+
 
 @pytest.fixture(scope="module")
 def built(tiny_config):
@@ -83,9 +85,13 @@ def test_sequence_layout_is_prompt_audio_answer(built, speech):
     )
 
 
-@pytest.mark.parametrize("pad_to_30s", [True, False])
-def test_batched_logits_equal_per_utterance(tiny_config, speech, pad_to_30s):
-    cfg = tiny_config(f"audio.pad_to_30s={str(pad_to_30s).lower()}")
+@pytest.mark.parametrize(
+    "pad_to_30s, positions",
+    [(True, ()), (False, ()), (False, ALIGNED)],
+    ids=["30s", "true_length", "true_length_aligned"],
+)
+def test_batched_logits_equal_per_utterance(tiny_config, speech, pad_to_30s, positions):
+    cfg = tiny_config(f"audio.pad_to_30s={str(pad_to_30s).lower()}", *positions)
     torch.manual_seed(0)
     model, tokenizer = build_model(cfg.model)
     batch = make_batch(speech, tokenizer, cfg)
@@ -291,3 +297,49 @@ def test_audio_norm_rms_starts_audio_vectors_at_the_token_embeddings_scale(tiny_
     real = torch.arange(audio.vectors.shape[1]) < audio.lengths[:, None]
     rms = audio.vectors[real].pow(2).mean(-1).sqrt()
     torch.testing.assert_close(rms, torch.full_like(rms, token_rms), atol=0, rtol=1e-3)
+
+
+def test_audio_aligned_answer_slots_sit_where_their_tokens_are_spoken_whatever_the_length(
+    tiny_config, speech
+):
+    cfg = tiny_config("audio.pad_to_30s=false", *ALIGNED)
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg.model)
+    batch = make_batch(speech, tokenizer, cfg)
+    answers = torch.full((len(speech), 5), model.special.mask)
+    with torch.no_grad():
+        audio = model.encode_audio(batch.mel, batch.mel_lengths)
+    packed = model.pack(audio, answers)
+    prompt = model.prompt_ids.numel()
+    answer = packed.position_ids.gather(1, packed.answer_positions)
+    # round((k + 1/2) x 2.5) for k = 0..4 (half to even), the same in every row
+    assert answer.tolist() == [[prompt + p for p in (1, 4, 6, 9, 11)]] * len(speech)
+    assert len(set(audio.lengths.tolist())) == len(speech)  # though the clips' lengths differ
+    for row, length in enumerate(audio.lengths.tolist()):  # prompt and audio keep theirs
+        assert packed.position_ids[row, : prompt + length].tolist() == list(range(prompt + length))
+    with torch.no_grad():
+        follow = build_model(tiny_config("audio.pad_to_30s=false").model)[0]
+        follow.load_state_dict(model.state_dict())
+        assert not torch.allclose(
+            model.answer_logits(audio, answers), follow.answer_logits(audio, answers)
+        )
+
+
+def test_audio_aligned_positions_are_the_same_with_the_prefix_cache(tiny_config, speech):
+    """On a one-block LLaDA the prefix cache is exact, so cached = uncached only if the canvas
+    gets the same aligned positions both ways."""
+    cfg = tiny_config("audio.pad_to_30s=false", *ALIGNED)
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg.model)
+    blocks = model.llada.base_model.model.model.transformer.blocks
+    del blocks[1:]
+    batch = make_batch(speech, tokenizer, cfg)
+    canvas = torch.full((len(speech), 6), model.special.mask)
+    canvas[:, 0] = torch.tensor([ids[0] for ids in batch.text_ids])
+    lengths = torch.tensor([6, 4, 5][: len(speech)])
+    with torch.no_grad():
+        audio = model.encode_audio(batch.mel, batch.mel_lengths)
+        full = model.canvas_logits(audio, canvas, lengths)
+        cached = model.canvas_logits(audio, canvas, lengths, model.prefix_cache(audio))
+    for row, length in enumerate(lengths.tolist()):
+        torch.testing.assert_close(cached[row, :length], full[row, :length], rtol=1e-4, atol=1e-5)

@@ -132,6 +132,9 @@ def build_model(
         ctc_head=ctc_head,
         train_encoder=cfg.train_encoder,
         train_llm=cfg.train_llm,
+        answer_stride=(
+            cfg.audio_vectors_per_token if cfg.answer_positions == "audio_aligned" else None
+        ),
     )
     return model.to(device), tokenizer
 

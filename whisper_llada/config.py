@@ -118,7 +118,28 @@ class ModelConfig:
     ctc: CTCConfig = field(default_factory=CTCConfig)
     prompt: str = "Transcribe the audio:"
     answer_suffix: Literal["none", "eot"] = "none"  # dLLM-ASR ends targets with <|eot_id|>
+    # The answer slots' rotary positions. "after_audio" (both papers): they follow the audio
+    # vectors, so how far slot k is from the audio it transcribes depends on the clip's length.
+    # Ours, "audio_aligned" (LLaDA only): slot k sits at prompt + (k + 1/2) x
+    # audio_vectors_per_token, at about the audio position where its token is spoken whatever
+    # the clip's length (set it to the training set's audio vectors per answer token).
+    answer_positions: Literal["after_audio", "audio_aligned"] = "after_audio"
+    audio_vectors_per_token: float = 0.0
     gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.answer_positions == "audio_aligned":
+            if self.llm != "llada":
+                raise ConfigError(
+                    "model.answer_positions=audio_aligned is for LLaDA (model.llm=llada): "
+                    "the causal baseline's answer follows its audio"
+                )
+            if not self.audio_vectors_per_token > 0:
+                raise ConfigError(
+                    "model.answer_positions=audio_aligned needs model.audio_vectors_per_token > 0 "
+                    f"(got {self.audio_vectors_per_token}): the training set's audio vectors per "
+                    "answer token"
+                )
 
 
 @dataclass(frozen=True)

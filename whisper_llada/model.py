@@ -68,6 +68,10 @@ class SpeechLLM(nn.Module):
         train_encoder: fine-tune the encoder too (default: frozen, eval mode, no autograd graph).
         train_llm: fine-tune every LLM weight (full fine-tuning, e.g. of a model that starts
             random); default: only the LoRA factors, if any, are trainable.
+        answer_stride: None (both papers): the answer slots' rotary positions follow the
+            audio's; a number s (model.answer_positions=audio_aligned): slot k sits at
+            prompt + round((k + 1/2) s), about where its token is spoken (s = audio vectors per
+            answer token).
     """
 
     llm_attribute: ClassVar[str]
@@ -83,8 +87,10 @@ class SpeechLLM(nn.Module):
         ctc_head: nn.Module | None = None,
         train_encoder: bool = False,
         train_llm: bool = False,
+        answer_stride: float | None = None,
     ) -> None:
         super().__init__()
+        self.answer_stride = answer_stride
         self.encoder = encoder
         self.projector = projector
         setattr(self, self.llm_attribute, llm)
@@ -187,7 +193,17 @@ class SpeechLLM(nn.Module):
         key_mask = slot < prefix + answer_lengths.to(device).unsqueeze(1)
         answer_positions = prefix + torch.arange(answer_len, device=device).unsqueeze(0)
         position_ids = slot.expand(batch, -1)
+        if self.answer_stride is not None and answer_len > 0:
+            aligned = self.aligned_positions(batch, answer_len, device)
+            position_ids = position_ids.scatter(1, answer_positions, aligned)
         return PackedInputs(embeds, key_mask, position_ids, answer_positions)
+
+    def aligned_positions(self, batch: int, length: int, device: torch.device) -> torch.Tensor:
+        """(B, L) rotary positions of answer slots 0..L-1 under model.answer_positions=audio_aligned."""
+        assert self.answer_stride is not None, "the answer follows the audio"
+        slots = torch.arange(length, device=device, dtype=torch.float64)
+        aligned = self.prompt_ids.numel() + torch.round((slots + 0.5) * self.answer_stride)
+        return aligned.long().expand(batch, -1)
 
     def ctc_logits(self, audio: AudioEncoding) -> torch.Tensor:
         """CTC prior logits (B, A, V + 1), index 0 = blank."""
@@ -251,7 +267,13 @@ class WhisperLLaDA(SpeechLLM):
         if cache is None:
             return self.answer_logits(audio, canvas, lengths)
         key_mask = torch.arange(canvas.shape[1], device=canvas.device) < lengths.unsqueeze(1)
+        positions = None  # after the cached prefix
+        if self.answer_stride is not None:
+            positions = self.aligned_positions(*canvas.shape, canvas.device)
         output = self.llada(
-            inputs_embeds=self.embed_tokens(canvas), attention_mask=key_mask, prefix=cache
+            inputs_embeds=self.embed_tokens(canvas),
+            attention_mask=key_mask,
+            position_ids=positions,
+            prefix=cache,
         )
         return output.logits

@@ -80,6 +80,8 @@ TRAINED_INPUT_KEYS = (
     ("model", "prompt"),
     ("model", "answer_suffix"),
     ("model", "ctc", "enabled"),
+    ("model", "answer_positions"),
+    ("model", "audio_vectors_per_token"),
 )
 
 
