@@ -9,8 +9,11 @@ from whisper_llada.audio import batch_features
 from whisper_llada.build import build_model
 from whisper_llada.checkpoint import load_checkpoint, read_checkpoint
 from whisper_llada.config import load_config
+from whisper_llada.encoder_cache import encoder_weights_sha256
 from whisper_llada.export import export_model
 from whisper_llada.prompt import text_ids
+from whisper_llada.tiny_models import write_tiny_whisper
+from whisper_llada.transcribe import load_decoder
 
 
 @pytest.mark.parametrize("llm", ["llada", "llama"])
@@ -53,3 +56,27 @@ def test_an_exported_model_reloads_with_every_weight_identical(
         ours = getattr(model, logits)(model.encode_audio(mel, lengths), answer)
         theirs = getattr(fresh, logits)(fresh.encode_audio(mel, lengths), answer)
     assert torch.equal(ours, theirs)
+
+
+def test_a_frozen_encoder_is_referenced_by_path_and_checked_by_hash_on_load(
+    tiny_config, tiny_models, tmp_path
+):
+    cfg = tiny_config("model.train_llm=true", "model.lora.r=0")
+    torch.manual_seed(0)
+    model, _ = build_model(cfg.model)
+    config_path = export_model(model, cfg, tmp_path / "exported", metadata={"steps": 7})
+    assert not (tmp_path / "exported" / "whisper").exists()  # not copied
+    exported = load_config(config_path)
+    assert exported.model.whisper_path == str(tiny_models.whisper)
+    _, _, metadata = read_checkpoint(exported.inference.checkpoint)
+    assert metadata == {"steps": 7, "encoder_sha256": encoder_weights_sha256(model.encoder)}
+    decoder, _ = load_decoder(exported, torch.device("cpu"))
+    loaded = decoder.encoder.state_dict()
+    assert all(torch.equal(loaded[name], t) for name, t in model.encoder.state_dict().items())
+
+    other = write_tiny_whisper(tmp_path / "other_whisper", seed=1)
+    elsewhere = load_config(config_path, [f"model.whisper_path={other}"])
+    with pytest.raises(
+        SystemExit, match=r"was trained on another encoder than the one in .*other_whisper"
+    ):
+        load_decoder(elsewhere, torch.device("cpu"))

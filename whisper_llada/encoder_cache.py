@@ -46,10 +46,23 @@ CHECKSUM_BYTES = 16
 def encoder_fingerprint(encoder: nn.Module) -> str:
     """SHA-256 over every parameter and buffer of `encoder` (name, dtype, shape, bytes) and torch's version."""
     digest = hashlib.sha256(f"v{FORMAT_VERSION} torch {torch.__version__}".encode())
-    for name, tensor in (*encoder.named_parameters(), *encoder.named_buffers()):
+    hash_tensors(digest, encoder)
+    return digest.hexdigest()
+
+
+def encoder_weights_sha256(encoder: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer of `encoder` (name, dtype, shape, bytes): which
+    weights they are, whatever torch computes with them (an export records it, `load_decoder`
+    checks it)."""
+    digest = hashlib.sha256()
+    hash_tensors(digest, encoder)
+    return digest.hexdigest()
+
+
+def hash_tensors(digest, module: nn.Module) -> None:
+    for name, tensor in (*module.named_parameters(), *module.named_buffers()):
         digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
         digest.update(_tensor_bytes(tensor))
-    return digest.hexdigest()
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:

@@ -5,7 +5,9 @@ directories. When training changed the encoder (`train_encoder`) or the LLM (`tr
 `export_model` writes those back in their own formats, so the result loads like any pretrained
 model and its checkpoint shrinks to the projector and CTC head (if any):
 
-    <out>/whisper/            transformers Whisper layout, the trained encoder
+    <out>/whisper/            transformers Whisper layout, the trained encoder (a frozen one is
+                              not copied: the config keeps its model.whisper_path and the
+                              metadata its weights' sha256, `encoder_sha256`, checked on load)
     <out>/llada/              LLaDA-8B-Instruct layout (LoRA merged), tokenizer files copied
     <out>/llama/              instead, for the causal baseline (model.llm=llama): transformers layout
     <out>/checkpoint.safetensors   projector + CTC head, the export config and metadata
@@ -28,6 +30,7 @@ from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.build import build_model, merge_lora
 from whisper_llada.checkpoint import load_checkpoint, save_checkpoint
 from whisper_llada.config import Config, LoraConfig, load_config, to_dict
+from whisper_llada.encoder_cache import encoder_weights_sha256
 from whisper_llada.llada_checkpoint import save_llada
 from whisper_llada.model import SpeechLLM
 
@@ -53,10 +56,15 @@ def export_model(
 
     out_dir = Path(out_dir)
     model = merge_lora(model)
-    whisper = WhisperForConditionalGeneration.from_pretrained(cfg.model.whisper_path)
-    whisper.model.encoder.load_state_dict(model.encoder.state_dict())
-    whisper.save_pretrained(out_dir / "whisper")
-    shutil.copy(Path(cfg.model.whisper_path) / "preprocessor_config.json", out_dir / "whisper")
+    whisper_path = cfg.model.whisper_path
+    if cfg.model.train_encoder:
+        whisper = WhisperForConditionalGeneration.from_pretrained(whisper_path)
+        whisper.model.encoder.load_state_dict(model.encoder.state_dict())
+        whisper.save_pretrained(out_dir / "whisper")
+        shutil.copy(Path(whisper_path) / "preprocessor_config.json", out_dir / "whisper")
+        whisper_path = str(out_dir / "whisper")
+    else:
+        metadata = {**metadata, "encoder_sha256": encoder_weights_sha256(model.encoder)}
     llm_dir = out_dir / cfg.model.llm
     if cfg.model.llm == "llama":
         model.llm.save_pretrained(llm_dir)
@@ -69,7 +77,7 @@ def export_model(
             shutil.copy(source / name, llm_dir / name)
     model_cfg = dataclasses.replace(
         cfg.model,
-        whisper_path=str(out_dir / "whisper"),
+        whisper_path=whisper_path,
         **paths,
         train_encoder=False,
         train_llm=False,

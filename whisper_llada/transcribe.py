@@ -17,6 +17,7 @@ from whisper_llada.build import build_model, merge_lora
 from whisper_llada.cascade import FirstPass, first_pass_config, first_pass_statistics
 from whisper_llada.checkpoint import load_checkpoint, stored_config
 from whisper_llada.config import Config, changed_keys, to_dict
+from whisper_llada.encoder_cache import encoder_weights_sha256
 from whisper_llada.manifest import Utterance, load_wave, utterance_seconds
 from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
 from whisper_llada.model import SpeechLLM
@@ -62,7 +63,8 @@ def load_decoder(cfg: Config, device: torch.device) -> tuple[SpeechLLM, PreTrain
         check_trained_inputs(cfg, stored_config(cfg.inference.checkpoint))
     model, tokenizer = build_model(cfg.model, device=device)
     if cfg.inference.checkpoint:
-        load_checkpoint(model, cfg.inference.checkpoint)
+        metadata = load_checkpoint(model, cfg.inference.checkpoint)
+        check_encoder(model, cfg, metadata.get("encoder_sha256"))
     if cfg.inference.merge_lora:
         merge_lora(model)
     model.eval()
@@ -105,6 +107,21 @@ def _lookup(config: dict, path: tuple[str, ...]):
             return _ABSENT
         config = config[key]
     return config
+
+
+def check_encoder(model: SpeechLLM, cfg: Config, expected: str | None) -> None:
+    """Stop unless the encoder loaded from model.whisper_path has the weights the checkpoint was
+    trained on (`expected`: the sha256 an export records for a frozen encoder it does not copy)."""
+    if expected is None:
+        return
+    found = encoder_weights_sha256(model.encoder)
+    if found != expected:
+        raise SystemExit(
+            f"{cfg.inference.checkpoint} was trained on another encoder than the one in "
+            f"{cfg.model.whisper_path} (weights sha256 {found[:12]}..., expected "
+            f"{expected[:12]}...): point model.whisper_path at the encoder it was trained on "
+            "(for the demo model: the Whisper tiny.en that `bash setup.sh` converts)"
+        )
 
 
 def check_trained_inputs(cfg: Config, trained: dict) -> None:
