@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -223,9 +224,7 @@ def test_demo_refuses_what_is_not_an_exported_model(tmp_path):
     (tmp_path / "config.yaml").write_text("{}")
     with pytest.raises(
         SystemExit,
-        match=re.escape(
-            "is not an exported model (checkpoint.safetensors, whisper, llada missing)"
-        ),
+        match=re.escape("is not an exported model (checkpoint.safetensors, llada missing)"),
     ):
         demo.main(["--model", str(tmp_path), "--work-dir", str(tmp_path / "run")])
     with pytest.raises(SystemExit, match="--limit must be at least 1, got 0"):
@@ -304,7 +303,6 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
         "checkpoint.safetensors",
         "config.yaml",
         "llada",
-        "whisper",
     ]
     _, config, metadata = read_checkpoint(out / "checkpoint.safetensors")
     commit = subprocess.run(
@@ -316,11 +314,11 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
     assert metadata["train_utterances"] == TRAIN_UTTERANCES
     assert metadata["held_out_utterances"] == HELD_OUT
     shared = [
-        f"model.whisper_path={work / 'base' / 'whisper'}",
         f"model.llada_path={work / 'base' / 'llada'}",
         f"data.train_manifests=[{work / 'manifests' / 'librispeech_cuts_train-clean-100.jsonl.gz'}]",
         f"data.valid_manifests=[{work / 'manifests' / 'librispeech_cuts_dev-clean.jsonl.gz'}]",
         f"data.feature_cache={work / 'feature_cache'}",
+        f"data.encoder_cache={work / 'encoder_cache'}",
     ]
     first, second = metadata["stages"]
     assert {k: v for k, v in first.items() if k != "train_wall_seconds"} == {
@@ -597,10 +595,18 @@ def test_demo_table_has_every_mode_and_set(retrained, demo_run):
         "checkpoint_sha256",
         "limit",
         "device",
+        "timing_rounds",
+        "load_average",
         "reference_mode",
         "modes",
         "test_sets",
     ]
+    assert document["timing_rounds"] == demo.TIMING_ROUNDS
+    assert len(document["load_average"]) == 2
+    assert (
+        f"decoded in {demo.TIMING_ROUNDS} interleaved rounds"
+        in (demo_run / "demo_results.md").read_text()
+    )
     assert document["limit"] == LIMIT
     assert document["model"] == str(retrained["out"])
     assert document["device"] == "cpu, 1 CPU thread(s)"
@@ -667,7 +673,14 @@ def test_rerunning_the_demo_reuses_every_result(retrained, demo_run, monkeypatch
     def no_model(*args):
         raise AssertionError("a rerun must not build the model")
 
+    calls = []
+
+    def spy(decoder, cfg, mode, utterances, output_dir, **kwargs):
+        calls.append((output_dir.parent.name, mode, len(utterances)))
+        return decode_mode(decoder, cfg, mode, utterances, output_dir, **kwargs)
+
     monkeypatch.setattr(demo, "load_decoder", no_model)
+    monkeypatch.setattr(demo, "decode_mode", spy)
     demo.main(
         [
             "--model",
@@ -681,7 +694,16 @@ def test_rerunning_the_demo_reuses_every_result(retrained, demo_run, monkeypatch
         ]
     )
     assert {path: (os.stat(path).st_mtime_ns, path.read_bytes()) for path in shards} == before
-    assert json.loads((demo_run / "demo_results.json").read_text()) == document
+    rerun = json.loads((demo_run / "demo_results.json").read_text())
+    for run in (rerun, document):
+        del run["load_average"]  # each run's own
+    assert rerun == document
+    # Interleaved: every mode gets its next share of a set before any mode goes on.
+    shares = [math.ceil(LIMIT * r / demo.TIMING_ROUNDS) for r in range(1, demo.TIMING_ROUNDS + 1)]
+    for name in TEST_SETS:
+        labels = [label for label in set_labels(name) if not label.startswith(PAPER_MODE)]
+        made = [(mode, n) for set_name, mode, n in calls if set_name == name and mode in labels]
+        assert made == [(mode, n) for n in shares for mode in labels]
     assert capsys.readouterr().out.startswith("# Demo results\n")
 
 

@@ -313,7 +313,7 @@ def test_a_given_ar_model_must_be_an_exported_ar_model(exported, tmp_path):
         "`python -m whisper_llada.demo retrain-ar --out DIR` or `python -m whisper_llada.export`"
     )
     with pytest.raises(
-        SystemExit, match=re.escape("(config.yaml, checkpoint.safetensors, whisper, llama missing)")
+        SystemExit, match=re.escape("(config.yaml, checkpoint.safetensors, llama missing)")
     ):
         run_demo(exported["model"], tmp_path / "run", "--ar-model", str(tmp_path / "none"))
     assert not (tmp_path / "run").exists()

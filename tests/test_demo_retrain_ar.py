@@ -49,11 +49,11 @@ def stage_one(tmp_path_factory, one_thread) -> Path:
     )
     manifests = prepare_demo_manifests(corpus, work / "manifests")
     shared = (
-        f"model.whisper_path={base / 'whisper'}",
         f"model.llada_path={base / 'llada'}",
         f"data.train_manifests=[{manifests[TRAIN_SPLIT]}]",
         f"data.valid_manifests=[{manifests['dev-clean']}]",
         f"data.feature_cache={work / 'feature_cache'}",
+        f"data.encoder_cache={work / 'encoder_cache'}",
     )
     first, _ = demo_retrain.plan_stages(work, shared, (2, None), QUIET)
     demo_stages.run_stage(first, work, 1)
@@ -141,7 +141,6 @@ def test_retrain_ar_resumes_and_exports_with_its_metadata(retrained_ar):
         "checkpoint.safetensors",
         "config.yaml",
         "llama",
-        "whisper",
     ]
     tensors, config, metadata = read_checkpoint(out / "checkpoint.safetensors")
     assert {name.split(".")[0] for name in tensors} == {"projector"}
@@ -158,11 +157,11 @@ def test_retrain_ar_resumes_and_exports_with_its_metadata(retrained_ar):
     assert stage == {
         "recipe": "configs/demo_ar.yaml",
         "overrides": [
-            f"model.whisper_path={work / 'base' / 'whisper'}",
             f"model.llama_path={work / 'base' / 'llama'}",
             f"data.train_manifests=[{work / 'manifests' / 'librispeech_cuts_train-clean-100.jsonl.gz'}]",
             f"data.valid_manifests=[{work / 'manifests' / 'librispeech_cuts_dev-clean.jsonl.gz'}]",
             f"data.feature_cache={work / 'feature_cache'}",
+            f"data.encoder_cache={work / 'encoder_cache'}",
             f"train.output_dir={ar_work / 'train'}",
             f"train.init_checkpoint={work / 'train' / 'last' / 'model.safetensors'}",
             "train.max_steps=2",

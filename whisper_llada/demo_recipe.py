@@ -32,7 +32,7 @@ from whisper_llada.synthetic_corpus import (
     build_synthetic_corpus,
     corpus_spec,
 )
-from whisper_llada.tiny_models import write_tiny_llada, write_tiny_llama, write_tiny_whisper
+from whisper_llada.tiny_models import write_tiny_llada, write_tiny_llama
 
 DEMO_SEED = 2026
 VOCABULARY_SIZE = 120
@@ -56,8 +56,8 @@ TEST_SETS = {  # what the demo reports, by the split that holds it
     "dev-other": "seen voices, speed 0.85/1.15 + noise 10-15 dB",
 }
 
-# Starting models: random, in the real formats; the recipe trains every weight.
-WHISPER_WIDTH, WHISPER_LAYERS, WHISPER_HEADS = 128, 3, 4
+# The LLM's starting point: random, in LLaDA-8B's format; the recipe trains all of it (the
+# encoder is the converted Whisper tiny.en, frozen).
 LLADA_WIDTH, LLADA_LAYERS, LLADA_HEADS, LLADA_MLP = 256, 4, 4, 512
 
 
@@ -129,27 +129,20 @@ def demo_words() -> list[str]:
     return sorted({word.upper() for word in (*vocabulary, "an")})
 
 
-def write_demo_base_models(out_dir: str | Path, seed: int = DEMO_SEED) -> dict[str, Path]:
-    """The random starting models: whisper/ (transformers layout) and llada/ (LLaDA-8B layout).
-
-    The LLaDA tokenizer spells every corpus word with one token.
-    """
-    out_dir = Path(out_dir)
-    whisper = write_tiny_whisper(
-        out_dir / "whisper", seed, width=WHISPER_WIDTH, layers=WHISPER_LAYERS, heads=WHISPER_HEADS
-    )
-    llada = write_tiny_llada(
-        out_dir / "llada", seed=seed, d_model=LLADA_WIDTH, n_layers=LLADA_LAYERS,
+def write_demo_base_llada(out_dir: str | Path, seed: int = DEMO_SEED) -> Path:
+    """The random starting LLM: llada/ (LLaDA-8B layout); its tokenizer spells every corpus word
+    with one token. (The encoder is the converted Whisper tiny.en, frozen.)"""
+    return write_tiny_llada(
+        Path(out_dir) / "llada", seed=seed, d_model=LLADA_WIDTH, n_layers=LLADA_LAYERS,
         n_heads=LLADA_HEADS, n_kv_heads=LLADA_HEADS, mlp_hidden_size=LLADA_MLP, words=demo_words(),
     )  # fmt: skip
-    return {"whisper": whisper, "llada": llada}
 
 
 def write_demo_base_llama(out_dir: str | Path, seed: int = DEMO_SEED) -> Path:
     """The autoregressive baseline's random starting LLM: llama/ (Meta-Llama-3-8B-Instruct layout).
 
-    The same widths, depth and corpus tokenizer as the demo LLaDA of `write_demo_base_models`
-    (which writes the shared whisper/), so the two recognisers differ only in the LLM's kind.
+    The same widths, depth and corpus tokenizer as the demo LLaDA of `write_demo_base_llada`,
+    so the two recognisers differ only in the LLM's kind.
     """
     return write_tiny_llama(
         Path(out_dir) / "llama", seed=seed, hidden_size=LLADA_WIDTH, n_layers=LLADA_LAYERS,

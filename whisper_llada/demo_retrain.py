@@ -6,7 +6,7 @@
 
 Writes, each step reused when already done:
 
-    <work>/base/{whisper,llada}/        the random starting models (`demo_recipe`)
+    <work>/base/llada/                  the random starting LLM (`demo_recipe`)
     <work>/corpus/, <work>/manifests/   the synthetic corpus with its training split; lhotse cuts
     <work>/train/                       stage 1, train.py on configs/demo.yaml
     <work>/train_stage2/                stage 2, train.py on configs/demo_stage2.yaml, starting
@@ -14,7 +14,9 @@ Writes, each step reused when already done:
     <work>/retrain_sessions.jsonl       per stage trained by a `retrain` call: wall seconds, steps
     <out>/                              the export (`whisper_llada.export`) of <work>/train_stage2/last
 
-Stage 1 trains every weight from random with MASK canvases; stage 2 fine-tunes them with the
+The encoder is Whisper tiny.en as `setup.sh` converts it, frozen (its outputs cached in
+<work>/encoder_cache). Stage 1 trains the LLM from random, the adapter and the CTC head with MASK
+canvases; stage 2 fine-tunes them with the
 model's own CTC draft in half of the rows' masked slots (loss.draft_prob), the canvas
 prior-guided decoding starts from. A stage whose last checkpoint has reached its train.max_steps
 is skipped; an unfinished one resumes from its `last`. Stage 1 cannot train further once stage 2
@@ -22,8 +24,7 @@ has started from it. --max-steps sets stage 1's train.max_steps, --stage2-max-st
 the section.key=value overrides apply to both.
 
 With --nproc-per-node 1 (the default) a stage runs train.py's main in this process. With N > 1
-(the demo model's stage 1 was trained with `OMP_NUM_THREADS=1 torchrun --standalone
---nproc_per_node=2 train.py configs/demo.yaml` on a 2-core machine) each stage with steps to run
+each stage with steps to run
 is launched as `python -m torch.distributed.run --standalone --nproc_per_node=N train.py <recipe>
 <overrides>` from the repository root (`train_launch`; retrain must run from there too, so that
 relative paths keep their meaning), with OMP_NUM_THREADS=1 unless it is set.
@@ -60,7 +61,7 @@ from whisper_llada.demo_recipe import (
     TRAIN_UTTERANCES,
     build_demo_corpus,
     prepare_demo_manifests,
-    write_demo_base_models,
+    write_demo_base_llada,
 )
 from whisper_llada.demo_stages import (
     Stage,
@@ -159,11 +160,7 @@ def retrain(
     )
     base = write_base_models(work_dir / "base")
     corpus, data = training_data(work_dir, train_utterances, held_out_utterances)
-    shared = (
-        f"model.whisper_path={base / 'whisper'}",
-        f"model.llada_path={base / 'llada'}",
-        *data,
-    )
+    shared = (f"model.llada_path={base / 'llada'}", *data)  # the encoder: the recipe's
     stages = plan_stages(work_dir, shared, (max_steps, stage2_max_steps), tuple(overrides))
     check_stage_order(*stages)
     for stage in stages:
@@ -194,7 +191,8 @@ def training_data(
     return corpus, (
         f"data.train_manifests=[{manifests[TRAIN_SPLIT]}]",
         f"data.valid_manifests=[{manifests[VALID_SPLIT]}]",
-        f"data.feature_cache={work_dir / 'feature_cache'}",  # the recipe's is exp/demo's
+        f"data.feature_cache={work_dir / 'feature_cache'}",  # the recipe's are exp/demo's
+        f"data.encoder_cache={work_dir / 'encoder_cache'}",
     )
 
 
@@ -287,17 +285,14 @@ def check_stage_order(first: Stage, second: Stage) -> None:
 
 
 def write_base_models(base_dir: Path) -> Path:
-    """The random starting models in `base_dir`, written once (staged, then renamed)."""
+    """The random starting LLM in `base_dir`, written once (staged, then renamed)."""
     if base_dir.exists():
-        missing = [n for n in ("whisper", "llada") if not (base_dir / n / "config.json").is_file()]
-        if missing:
-            raise SystemExit(
-                f"{base_dir} exists without {' and '.join(missing)}: delete it to rewrite it"
-            )
+        if not (base_dir / "llada" / "config.json").is_file():
+            raise SystemExit(f"{base_dir} exists without llada: delete it to rewrite it")
         return base_dir
     staging = base_dir.parent / f".{base_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted call
-    write_demo_base_models(staging)
+    write_demo_base_llada(staging)
     staging.rename(base_dir)
     return base_dir
 

@@ -132,7 +132,6 @@ def retrain_ar(
         AR_RECIPE,
         train_dir,
         (
-            f"model.whisper_path={base / 'whisper'}",
             f"model.llama_path={base / 'llama'}",
             *data,
             f"train.output_dir={train_dir}",

@@ -64,8 +64,25 @@ class About:
     limit: int | None
     device: str
     modes: dict[str, tuple[str, ...]]
+    timing_rounds: int = 1  # interleaved rounds each set was decoded in
+    load_average: tuple[float, float] | None = None  # 1-minute load average before and after
     ar_model_dir: str | None = None
     ar_checkpoint_sha256: str | None = None
+
+
+def timing_note(about: About) -> str:
+    """How the timings were taken: the interleaved rounds, the machine's load."""
+    note = ""
+    if about.timing_rounds > 1:
+        note += (
+            f"; each set was decoded in {about.timing_rounds} interleaved rounds (every mode "
+            "decoded its next share of the utterances before any mode went on), so a change of "
+            "load hit every mode alike"
+        )
+    if about.load_average is not None:
+        before, after = about.load_average
+        note += f"; 1-minute load average {before:.2f} before decoding, {after:.2f} after"
+    return note
 
 
 def results_json(sets: list[SetResult], about: About) -> dict[str, Any]:
@@ -87,6 +104,8 @@ def results_json(sets: list[SetResult], about: About) -> dict[str, Any]:
         **ar,
         "limit": about.limit,
         "device": about.device,
+        "timing_rounds": about.timing_rounds,
+        "load_average": about.load_average,
         "reference_mode": REFERENCE_MODE,
         "modes": {mode: list(overrides) for mode, overrides in about.modes.items()},
         "test_sets": {
@@ -117,7 +136,7 @@ def results_markdown(sets: list[SetResult], about: About) -> str:
         "mode's (its decode seconds over the mode's on the same utterances; the Whisper peer "
         "decodes the first utterances of the set, its count in its label). Timings are wall-clock "
         "on this machine in this run (reused results keep the timings of the run that made "
-        "them).\n",
+        f"them){timing_note(about)}.\n",
     ]
     if about.ar_model_dir is not None:
         parts.append(
