@@ -120,7 +120,11 @@ def build_model(
     ).to(device)
     ctc_head = None
     if cfg.ctc.enabled:
-        ctc_head = CTCHead(llada.config.d_model, bottleneck=cfg.ctc.bottleneck).to(device)
+        ctc_head = CTCHead(
+            llada.config.d_model,
+            bottleneck=cfg.ctc.bottleneck,
+            train_embeddings=cfg.ctc.train_embeddings,
+        ).to(device)
     if cfg.lora.r > 0:
         llada = apply_lora(llada, cfg)
     model = WhisperLLaDA(
@@ -154,7 +158,9 @@ def _build_whisper_llama(
     ).to(device)
     ctc_head = None
     if cfg.ctc.enabled:
-        ctc_head = CTCHead(width, bottleneck=cfg.ctc.bottleneck).to(device)
+        ctc_head = CTCHead(
+            width, bottleneck=cfg.ctc.bottleneck, train_embeddings=cfg.ctc.train_embeddings
+        ).to(device)
     if cfg.lora.r > 0:
         llama = apply_lora(llama, cfg, llama_lora_target_regex(cfg.lora.targets))
     model = WhisperLLaMA(

@@ -83,6 +83,10 @@ class CTCConfig:
     enabled: bool = False
     weight: float = 0.3  # joint loss = diffusion + weight * CTC
     bottleneck: int | None = None
+    # Whether the CTC loss's gradient reaches the LLM's token embeddings (which the head scores
+    # against) when they are trainable. Both papers train LoRA only, so there the embeddings never
+    # move; false keeps it so for an LLM trained in full (the demo's, from random).
+    train_embeddings: bool = True
 
 
 @dataclass(frozen=True)
