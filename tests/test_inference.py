@@ -103,6 +103,21 @@ def test_a_run_writes_records_and_scoring_files(uninterrupted):
     assert (uninterrupted / "config.yaml").is_file()
 
 
+def test_an_encoder_cache_encodes_each_utterance_once_for_every_run(
+    tiny_models, test_set, uninterrupted, tmp_path
+):
+    cache = tmp_path / "encoder_cache"
+    first, second = tmp_path / "first", tmp_path / "second"
+    inference.main(arguments(tiny_models, test_set, first, f"inference.encoder_cache={cache}"))
+    files = sorted(cache.rglob("*.safetensors"))
+    assert len(files) == 3  # keyed by content: 6 decodable utterances, each clip twice over
+    stamps = [f.stat().st_mtime_ns for f in files]
+    inference.main(arguments(tiny_models, test_set, second, f"inference.encoder_cache={cache}"))
+    assert sorted(cache.rglob("*.safetensors")) == files
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # read back, not written again
+    assert decoded(first) == decoded(second) == decoded(uninterrupted)
+
+
 def test_a_rerun_decodes_nothing_again(tiny_models, test_set, uninterrupted, tmp_path, capsys):
     copy = tmp_path / "again"
     shutil.copytree(uninterrupted, copy)

@@ -217,6 +217,9 @@ class InferenceConfig:
     # decode sections are used) and `section.key=value` overrides for it.
     first_pass_config: str = ""
     first_pass_overrides: tuple[str, ...] = ()
+    # A folder of the frozen encoder's outputs (encoder_cache.py), "" = off: each utterance is
+    # encoded once for every decoding run that shares the folder (e.g. one per mode).
+    encoder_cache: str = ""
 
 
 @dataclass(frozen=True)

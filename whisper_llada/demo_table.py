@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class About:
     modes: dict[str, tuple[str, ...]]
     timing_rounds: int = 1  # interleaved rounds each set was decoded in
     load_average: tuple[float, float] | None = None  # 1-minute load average before and after
+    # per set encoded in this run: (seconds, audio seconds) of filling the encoder cache
+    encoding: dict[str, tuple[float, float]] = field(default_factory=dict)
     ar_model_dir: str | None = None
     ar_checkpoint_sha256: str | None = None
 
@@ -78,6 +80,15 @@ def timing_note(about: About) -> str:
             f"; each set was decoded in {about.timing_rounds} interleaved rounds (every mode "
             "decoded its next share of the utterances before any mode went on), so a change of "
             "load hit every mode alike"
+        )
+    if about.encoding:
+        seconds = sum(s for s, _ in about.encoding.values())
+        audio = sum(a for _, a in about.encoding.values())
+        note += (
+            "; every utterance was encoded once, before the timed decoding, into a cache that "
+            f"every mode of the diffusion model reads (here {seconds:.1f} s for {audio:.0f} s of "
+            f"audio, RTF {seconds / audio:.4f}), so their RTFs leave the encoder out (the AR "
+            "model's and the Whisper peer's include theirs)"
         )
     if about.load_average is not None:
         before, after = about.load_average
@@ -106,6 +117,7 @@ def results_json(sets: list[SetResult], about: About) -> dict[str, Any]:
         "device": about.device,
         "timing_rounds": about.timing_rounds,
         "load_average": about.load_average,
+        "encoding": about.encoding,
         "reference_mode": REFERENCE_MODE,
         "modes": {mode: list(overrides) for mode, overrides in about.modes.items()},
         "test_sets": {

@@ -24,6 +24,7 @@ from whisper_llada.config import AudioConfig, DecodeConfig, ModelConfig
 from whisper_llada.ctc import ctc_greedy_decode_with_confidence
 from whisper_llada.decoding import diffusion_decode
 from whisper_llada.deliberation import diffusion_deliberation, semi_ar_deliberation
+from whisper_llada.encoder_cache import EncoderOutputCache
 from whisper_llada.model import SpeechLLM, WhisperLLaDA
 from whisper_llada.prior_guided import prior_guided_decode
 from whisper_llada.prompt import decode_text, text_ids
@@ -53,6 +54,7 @@ def recognize(
     audio_cfg: AudioConfig,
     *,
     first_passes: Sequence[str | None] | None = None,
+    encoder_cache: EncoderOutputCache | None = None,
 ) -> list[Hypothesis]:
     """Decode one batch of 16 kHz waveforms with `cfg.mode`.
 
@@ -61,6 +63,8 @@ def recognize(
             either for "ctc" (with a CTC head).
         first_passes: per utterance, a first-pass hypothesis (used when cfg.first_pass is
             "manifest" or "model" by the deliberation and prior-guided modes).
+        encoder_cache: the model's encoder outputs, read or computed and stored per utterance
+            (None: the batch is encoded).
     """
     check_mode(model, cfg)
     device = model.prompt_ids.device
@@ -71,7 +75,11 @@ def recognize(
         min_seconds=audio_cfg.min_seconds,
     )
     with torch.inference_mode():
-        audio = model.encode_audio(mel.to(device), mel_lengths.to(device))
+        mel, mel_lengths = mel.to(device), mel_lengths.to(device)
+        if encoder_cache is None:
+            audio = model.encode_audio(mel, mel_lengths)
+        else:
+            audio = model.project_frames(encoder_cache.frames(mel, mel_lengths), mel_lengths)
         if cfg.mode == "ctc":
             drafts, _ = ctc_greedy_decode_with_confidence(model.ctc_logits(audio), audio.lengths)
             return [Hypothesis(decode_text(tokenizer, d), None, 0) for d in drafts]

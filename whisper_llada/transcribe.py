@@ -17,7 +17,7 @@ from whisper_llada.build import build_model, merge_lora
 from whisper_llada.cascade import FirstPass, first_pass_config, first_pass_statistics
 from whisper_llada.checkpoint import load_checkpoint, stored_config
 from whisper_llada.config import Config, changed_keys, to_dict
-from whisper_llada.encoder_cache import encoder_weights_sha256
+from whisper_llada.encoder_cache import EncoderOutputCache, encoder_weights_sha256
 from whisper_llada.manifest import Utterance, load_wave, utterance_seconds
 from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
 from whisper_llada.model import SpeechLLM
@@ -150,14 +150,19 @@ def decode_utterances(
     *,
     desc: str | None = None,
     first_pass: FirstPass | None = None,
+    encoder_cache: EncoderOutputCache | None = None,
 ) -> None:
     """Decode with `load_decoder`'s model in `cfg.decode`'s mode into this rank's shard file.
 
     `desc` labels the progress bar (default: the rank). `first_pass`: the cascade's first-pass
     decoder for decode.first_pass=model (`load_first_pass`; loaded here when not given).
+    `encoder_cache`: the model's encoder outputs (made here from inference.encoder_cache when
+    not given; None and no such folder: every batch is encoded).
     """
     if cfg.decode.first_pass == "model" and first_pass is None:
         first_pass = load_first_pass(cfg, model.prompt_ids.device)
+    if encoder_cache is None and cfg.inference.encoder_cache:
+        encoder_cache = EncoderOutputCache(cfg.inference.encoder_cache, model.encoder)
     needs_first_pass = cfg.decode.first_pass == "manifest" and cfg.decode.mode in FIRST_PASS_MODES
     limit = cfg.inference.max_duration
     batches = make_batches(
@@ -195,7 +200,9 @@ def decode_utterances(
                         Record(utt.id, utt.text, "", utt.first_pass, 0, 0.0, 0.0, error=str(error))
                     )
             if loaded:
-                records += decode_batch(model, tokenizer, cfg, loaded, waves, first_pass)
+                records += decode_batch(
+                    model, tokenizer, cfg, loaded, waves, first_pass, encoder_cache
+                )
             writer.write(records)
             progress.update(len(batch))
     finally:
@@ -210,6 +217,7 @@ def decode_batch(
     utterances: list[Utterance],
     waves: list[np.ndarray],
     first_pass: FirstPass | None,
+    encoder_cache: EncoderOutputCache | None = None,
 ) -> list[Record]:
     """Records of one batch of loaded utterances, each stage timed (the first pass, if any, then the mode)."""
     ids = [u.id for u in utterances]
@@ -229,6 +237,7 @@ def decode_batch(
         first_passes=[
             u.first_pass if f is None else f.text for u, f in zip(utterances, first, strict=True)
         ],
+        encoder_cache=encoder_cache,
     )
     share = (time.perf_counter() - start) / len(ids)
     return [
