@@ -123,7 +123,7 @@ def build_model(
         ctc_head = CTCHead(
             llada.config.d_model,
             bottleneck=cfg.ctc.bottleneck,
-            train_embeddings=cfg.ctc.train_embeddings,
+            head_only=cfg.ctc.gradient == "head_only",
         ).to(device)
     if cfg.lora.r > 0:
         llada = apply_lora(llada, cfg)
@@ -159,7 +159,7 @@ def _build_whisper_llama(
     ctc_head = None
     if cfg.ctc.enabled:
         ctc_head = CTCHead(
-            width, bottleneck=cfg.ctc.bottleneck, train_embeddings=cfg.ctc.train_embeddings
+            width, bottleneck=cfg.ctc.bottleneck, head_only=cfg.ctc.gradient == "head_only"
         ).to(device)
     if cfg.lora.r > 0:
         llama = apply_lora(llama, cfg, llama_lora_target_regex(cfg.lora.targets))

@@ -83,10 +83,12 @@ class CTCConfig:
     enabled: bool = False
     weight: float = 0.3  # joint loss = diffusion + weight * CTC
     bottleneck: int | None = None
-    # Whether the CTC loss's gradient reaches the LLM's token embeddings (which the head scores
-    # against) when they are trainable. Both papers train LoRA only, so there the embeddings never
-    # move; false keeps it so for an LLM trained in full (the demo's, from random).
-    train_embeddings: bool = True
+    # What the CTC loss trains. "shared" (dLLM-ASR): the head and everything below it, the
+    # projector (and the encoder and token embeddings, when they are trainable). Ours,
+    # "head_only": the head alone; the audio vectors and the embeddings it scores against are
+    # constants to it, so only the LLM's loss shapes the projector (with a small LLM trained from
+    # random, a shared CTC loss keeps it from listening: docs/demo_results.md).
+    gradient: Literal["shared", "head_only"] = "shared"
 
 
 @dataclass(frozen=True)

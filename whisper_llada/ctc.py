@@ -28,15 +28,15 @@ class CTCHead(nn.Module):
         width: D, the width of the audio vectors and of the LLM embeddings.
         bottleneck: if given, project D -> bottleneck -> D with a GELU between (fewer
             parameters than one D x D linear when bottleneck < D / 2).
-        train_embeddings: let the CTC loss's gradient reach the embedding matrix (False: it is
-            scored against as a constant).
+        head_only: no gradient flows from the head into its inputs (the audio vectors and
+            the embedding matrix are constants to it).
     """
 
     def __init__(
-        self, width: int, *, bottleneck: int | None = None, train_embeddings: bool = True
+        self, width: int, *, bottleneck: int | None = None, head_only: bool = False
     ) -> None:
         super().__init__()
-        self.train_embeddings = train_embeddings
+        self.head_only = head_only
         if bottleneck is not None and bottleneck < 1:
             raise ValueError(f"bottleneck must be a positive width or None, got {bottleneck}")
         self.width = width
@@ -70,8 +70,8 @@ class CTCHead(nn.Module):
                 f"{tuple(vectors.shape)} and embedding_weight {tuple(embedding_weight.shape)}: "
                 "build the head with the LLM's hidden size"
             )
-        if not self.train_embeddings:
-            embedding_weight = embedding_weight.detach()
+        if self.head_only:
+            vectors, embedding_weight = vectors.detach(), embedding_weight.detach()
         projected = self.proj(self.norm(vectors)).to(embedding_weight.dtype)  # (B, A, D)
         blank_logits = projected @ self.blank.to(embedding_weight.dtype)  # (B, A)
         # Two products and a concat of logits avoid copying the (V, D) table into [blank; E].
