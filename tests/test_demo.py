@@ -26,6 +26,8 @@ from whisper_llada.demo_recipe import (
     TRAIN_SPLIT,
     build_demo_corpus,
 )
+from whisper_llada.encoder import load_whisper_encoder
+from whisper_llada.encoder_cache import encoder_weights_sha256
 from whisper_llada.mode_comparison import (
     PAPER_MODE,
     ModeRow,
@@ -313,6 +315,10 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
     assert metadata["git_commit"] == (commit or "unknown")
     assert metadata["train_utterances"] == TRAIN_UTTERANCES
     assert metadata["held_out_utterances"] == HELD_OUT
+    # the frozen Whisper tiny.en is not copied: referenced by path, its weights' hash recorded
+    assert config["model"]["whisper_path"] == "pretrained/whisper-tiny.en/hf"
+    encoder = load_whisper_encoder(REPO / config["model"]["whisper_path"], dtype=torch.float32)
+    assert metadata["encoder_sha256"] == encoder_weights_sha256(encoder)
     shared = [
         f"model.llada_path={work / 'base' / 'llada'}",
         f"data.train_manifests=[{work / 'manifests' / 'librispeech_cuts_train-clean-100.jsonl.gz'}]",
@@ -597,12 +603,16 @@ def test_demo_table_has_every_mode_and_set(retrained, demo_run):
         "device",
         "timing_rounds",
         "load_average",
+        "encoding",
         "reference_mode",
         "modes",
         "test_sets",
     ]
     assert document["timing_rounds"] == demo.TIMING_ROUNDS
     assert len(document["load_average"]) == 2
+    # each set encoded once, before the timed decoding: (seconds, audio seconds)
+    assert list(document["encoding"]) == list(TEST_SETS)
+    assert all(seconds > 0 and audio > 0 for seconds, audio in document["encoding"].values())
     assert (
         f"decoded in {demo.TIMING_ROUNDS} interleaved rounds"
         in (demo_run / "demo_results.md").read_text()
@@ -676,7 +686,7 @@ def test_rerunning_the_demo_reuses_every_result(retrained, demo_run, monkeypatch
     calls = []
 
     def spy(decoder, cfg, mode, utterances, output_dir, **kwargs):
-        calls.append((output_dir.parent.name, mode, len(utterances)))
+        calls.append((output_dir.parent.name, mode, kwargs["first"]))
         return decode_mode(decoder, cfg, mode, utterances, output_dir, **kwargs)
 
     monkeypatch.setattr(demo, "load_decoder", no_model)
@@ -696,7 +706,7 @@ def test_rerunning_the_demo_reuses_every_result(retrained, demo_run, monkeypatch
     assert {path: (os.stat(path).st_mtime_ns, path.read_bytes()) for path in shards} == before
     rerun = json.loads((demo_run / "demo_results.json").read_text())
     for run in (rerun, document):
-        del run["load_average"]  # each run's own
+        del run["load_average"], run["encoding"]  # each run's own (a rerun encodes nothing)
     assert rerun == document
     # Interleaved: every mode gets its next share of a set before any mode goes on.
     shares = [math.ceil(LIMIT * r / demo.TIMING_ROUNDS) for r in range(1, demo.TIMING_ROUNDS + 1)]

@@ -1,4 +1,4 @@
-"""`python -m whisper_llada.demo retrain-ar`: the AR baseline from the LLaDA recipe's stage-1 encoder and projector, shortened end to end, and its refusals."""
+"""`python -m whisper_llada.demo retrain-ar`: the AR baseline from the LLaDA recipe's stage-1 projector, shortened end to end, and its refusals."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from whisper_llada.demo_recipe import (
     build_demo_corpus,
     prepare_demo_manifests,
 )
+from whisper_llada.encoder import load_whisper_encoder
+from whisper_llada.encoder_cache import encoder_weights_sha256
 from whisper_llada.train_launch import train_module
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,7 +104,7 @@ def test_retrain_ar_needs_stage_one_finished(stage_one, tmp_path):
         retrain_ar(tmp_path / "out", work, tmp_path / "ar_work")
     assert str(stopped.value) == (
         f"stage 1 in {work / 'train'} has 2 of its 5 steps: the AR baseline starts from its "
-        "final encoder and projector, so finish it first (`python -m whisper_llada.demo "
+        "final projector, so finish it first (`python -m whisper_llada.demo "
         f"retrain --work-dir {work}`)"
     )
     assert not (work / "base").exists() and not (tmp_path / "ar_work").exists()
@@ -185,16 +187,19 @@ def test_retrain_ar_resumes_and_exports_with_its_metadata(retrained_ar):
         "held_out_utterances": HELD_OUT,
         "git_commit": commit or "unknown",
         "steps": 2,
+        "encoder_sha256": encoder_weights_sha256(
+            load_whisper_encoder(config["model"]["whisper_path"], dtype=torch.float32)
+        ),
     }
 
 
-def test_the_ar_run_starts_from_stage_one_s_encoder_and_projector(retrained_ar, tmp_path):
-    """The AR run's resolved config, one update at learning rate 0: encoder and projector are
-    stage 1's, the LLaMA is as built."""
+def test_the_ar_run_starts_from_stage_one_s_projector(retrained_ar, tmp_path):
+    """The AR run's resolved config, one update at learning rate 0: the projector is stage 1's,
+    the LLaMA is as built (the frozen encoder is in no checkpoint)."""
     work, ar_work = retrained_ar["work"], retrained_ar["ar_work"]
     saved = load_config(ar_work / "train" / "config.yaml")
-    assert saved.train.init_prefixes == ("encoder.", "projector.")
-    assert (saved.train.lr, saved.train.warmup_steps) == (1e-3, 100)  # stage 2's schedule
+    assert saved.train.init_prefixes == ("projector.",)
+    assert (saved.train.lr, saved.train.max_steps) == (1e-3, 4000)  # stage 1's
     train_module().main(
         [
             str(ar_work / "train" / "config.yaml"),
@@ -208,7 +213,7 @@ def test_the_ar_run_starts_from_stage_one_s_encoder_and_projector(retrained_ar, 
     )
     started, _, _ = read_checkpoint(tmp_path / "last" / "model.safetensors")
     stage_one, _, _ = read_checkpoint(work / "train" / "last" / "model.safetensors")
-    under = [name for name in stage_one if name.startswith(("encoder.", "projector."))]
+    under = [name for name in stage_one if name.startswith("projector.")]
     assert under and all(torch.equal(started[name], stage_one[name]) for name in under)
     torch.manual_seed(saved.train.seed)  # as train.py builds
     fresh = build_model(saved.model)[0].state_dict()

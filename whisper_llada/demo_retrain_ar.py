@@ -1,13 +1,12 @@
-"""Retraining the demo's autoregressive baseline: Whisper-LLaMA from the LLaDA recipe's stage-1 encoder and projector, then its export.
+"""Retraining the demo's autoregressive baseline: Whisper-LLaMA from the LLaDA recipe's stage-1 projector, then its export.
 
     python -m whisper_llada.demo retrain-ar [--out models/demo_ar] [--work-dir exp/demo]
         [--ar-work-dir exp/demo_ar] [--max-steps N] [--nproc-per-node N]
         [--train-utterances N] [--held-out-utterances N] [section.key=value ...]
 
-The baseline is the AR counterpart of stage 2 of the LLaDA recipe (`demo_retrain`): it starts
-from stage 1's last encoder and projector (train.init_prefixes), with a random LLaMA of the demo
-LLaDA's size and tokenizer in place of the LLaDA, and trains as many steps as stage 2
-(configs/demo_ar.yaml). So it needs stage 1 finished in <work>/train, and is refused before.
+The baseline shares the LLaDA recipe's frozen Whisper tiny.en (`demo_retrain`): it starts from
+stage 1's last projector (train.init_prefixes), with a random LLaMA of the demo LLaDA's size and
+tokenizer in place of the LLaDA, and trains as many steps as stage 1 (configs/demo_ar.yaml). So it needs stage 1 finished in <work>/train, and is refused before.
 Writes, each step reused when already done:
 
     <work>/base/llama/                  the random starting LLaMA (`demo_recipe.write_demo_base_llama`)
@@ -176,7 +175,7 @@ def finished_stage_one(work_dir: Path) -> Path:
     if done < wanted:
         raise SystemExit(
             f"stage 1 in {stage_dir} has {done} of its {wanted} steps: the AR baseline starts "
-            f"from its final encoder and projector, so finish it first ({command})"
+            f"from its final projector, so finish it first ({command})"
         )
     return stage_dir / LAST_LINK / WEIGHTS_FILE
 

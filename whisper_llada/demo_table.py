@@ -66,7 +66,9 @@ class About:
     modes: dict[str, tuple[str, ...]]
     timing_rounds: int = 1  # interleaved rounds each set was decoded in
     load_average: tuple[float, float] | None = None  # 1-minute load average before and after
-    # per set encoded in this run: (seconds, audio seconds) of filling the encoder cache
+    # the diffusion model's modes read their encoder outputs from a cache filled before timing;
+    # per set encoded in this run: (seconds, audio seconds) of filling it
+    encoder_cached: bool = False
     encoding: dict[str, tuple[float, float]] = field(default_factory=dict)
     ar_model_dir: str | None = None
     ar_checkpoint_sha256: str | None = None
@@ -81,15 +83,16 @@ def timing_note(about: About) -> str:
             "decoded its next share of the utterances before any mode went on), so a change of "
             "load hit every mode alike"
         )
+    if about.encoder_cached:
+        note += (
+            "; every utterance was encoded once, before the timed decoding, into a cache that "
+            "every mode of the diffusion model reads, so their RTFs leave the encoder out (the "
+            "AR model's and the Whisper peer's include theirs)"
+        )
     if about.encoding:
         seconds = sum(s for s, _ in about.encoding.values())
         audio = sum(a for _, a in about.encoding.values())
-        note += (
-            "; every utterance was encoded once, before the timed decoding, into a cache that "
-            f"every mode of the diffusion model reads (here {seconds:.1f} s for {audio:.0f} s of "
-            f"audio, RTF {seconds / audio:.4f}), so their RTFs leave the encoder out (the AR "
-            "model's and the Whisper peer's include theirs)"
-        )
+        note += f"; encoding in this run: {seconds:.1f} s for {audio:.0f} s of audio (RTF {seconds / audio:.4f})"
     if about.load_average is not None:
         before, after = about.load_average
         note += f"; 1-minute load average {before:.2f} before decoding, {after:.2f} after"

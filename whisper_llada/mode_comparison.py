@@ -236,8 +236,12 @@ def decode_mode(
     *,
     desc: str | None = None,
     first_pass_decoder: Decoder | None = None,
+    first: int | None = None,
 ) -> ModeRow:
     """Decode what `output_dir` lacks of `utterances` in `cfg.decode`'s mode; score; its row.
+
+    `first`: decode only what it lacks of the first `first` utterances (the others wait for a
+    later call; the folder is still checked against all of `utterances`).
 
     `decoder` is called only when something is left to decode, so a rerun over finished
     folders never builds the model. `mode` names the row; `desc` labels the progress bar
@@ -255,7 +259,7 @@ def decode_mode(
     if done:
         check_same_run(output_dir / "config.yaml", to_dict(cfg))
         check_same_utterances(output_dir, {u.id: u.text for u in utterances})
-    todo = [u for u in utterances if u.id not in done]
+    todo = [u for u in utterances[:first] if u.id not in done]
     write_text_atomically(output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if todo:
         first_pass = None
