@@ -199,7 +199,7 @@ def test_the_ar_run_starts_from_stage_one_s_projector(retrained_ar, tmp_path):
     work, ar_work = retrained_ar["work"], retrained_ar["ar_work"]
     saved = load_config(ar_work / "train" / "config.yaml")
     assert saved.train.init_prefixes == ("projector.",)
-    assert (saved.train.lr, saved.train.max_steps) == (1e-3, 4000)  # stage 1's
+    assert (saved.train.lr, saved.train.warmup_steps) == (1e-3, 100)
     train_module().main(
         [
             str(ar_work / "train" / "config.yaml"),
