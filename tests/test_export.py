@@ -64,8 +64,10 @@ def test_a_frozen_encoder_is_referenced_by_path_and_checked_by_hash_on_load(
     cfg = tiny_config("model.train_llm=true", "model.lora.r=0")
     torch.manual_seed(0)
     model, _ = build_model(cfg.model)
+    (tmp_path / "exported" / "whisper").mkdir(parents=True)  # an earlier export's
     config_path = export_model(model, cfg, tmp_path / "exported", metadata={"steps": 7})
-    assert not (tmp_path / "exported" / "whisper").exists()  # not copied
+    assert not (tmp_path / "exported" / "whisper").exists()  # replaced as a whole, not copied
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]  # no staging left
     exported = load_config(config_path)
     assert exported.model.whisper_path == str(tiny_models.whisper)
     _, _, metadata = read_checkpoint(exported.inference.checkpoint)

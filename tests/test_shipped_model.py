@@ -18,6 +18,8 @@ from whisper_llada.checkpoint import read_checkpoint
 from whisper_llada.config import load_config
 from whisper_llada.demo import model_paths
 from whisper_llada.demo_recipe import DEMO_SEED, demo_corpus_spec
+from whisper_llada.encoder import load_whisper_encoder
+from whisper_llada.encoder_cache import encoder_weights_sha256
 from whisper_llada.manifest import read_manifest
 from whisper_llada.mode_comparison import NEUTRAL_DECODE, decode_mode, standard_modes
 from whisper_llada.speech_synthesis import synthesize
@@ -88,6 +90,11 @@ def test_the_shipped_checkpoint_is_small_and_records_its_recipe():
     assert config["model"]["llada_path"].endswith("llada")
     assert metadata["demo_seed"] == DEMO_SEED
     assert len(metadata["git_commit"]) == 40
+    # The frozen Whisper tiny.en is not shipped: setup.sh converts it; its weights' hash is kept.
+    assert not (MODEL / "whisper").exists()
+    assert config["model"]["whisper_path"] == "pretrained/whisper-tiny.en/hf"
+    encoder = load_whisper_encoder(REPO / config["model"]["whisper_path"], dtype=torch.float32)
+    assert metadata["encoder_sha256"] == encoder_weights_sha256(encoder)
 
 
 def test_the_shipped_model_recognises_unseen_sentences(rows):

@@ -50,11 +50,14 @@ def export_model(
 
     Returns the written config.yaml. Its model section points at the exported directories with
     the encoder and LLM frozen and no LoRA, so the checkpoint's strict load expects exactly the
-    projector and CTC head.
+    projector and CTC head. Everything is written beside `out_dir` first, then replaces it as a
+    whole: nothing of an earlier export there (e.g. its whisper/) survives.
     """
     from transformers import WhisperForConditionalGeneration
 
-    out_dir = Path(out_dir)
+    final = Path(out_dir)
+    out_dir = final.parent / f".{final.name}.partial"  # written here, then renamed to `final`
+    shutil.rmtree(out_dir, ignore_errors=True)  # left by an interrupted export
     model = merge_lora(model)
     whisper_path = cfg.model.whisper_path
     if cfg.model.train_encoder:
@@ -62,16 +65,16 @@ def export_model(
         whisper.model.encoder.load_state_dict(model.encoder.state_dict())
         whisper.save_pretrained(out_dir / "whisper")
         shutil.copy(Path(whisper_path) / "preprocessor_config.json", out_dir / "whisper")
-        whisper_path = str(out_dir / "whisper")
+        whisper_path = str(final / "whisper")
     else:
         metadata = {**metadata, "encoder_sha256": encoder_weights_sha256(model.encoder)}
     llm_dir = out_dir / cfg.model.llm
     if cfg.model.llm == "llama":
         model.llm.save_pretrained(llm_dir)
-        source, paths = Path(cfg.model.llama_path), {"llama_path": str(llm_dir)}
+        source, paths = Path(cfg.model.llama_path), {"llama_path": str(final / "llama")}
     else:
         save_llada(model.llm, llm_dir, max_shard_bytes=MAX_SHARD_BYTES)
-        source, paths = Path(cfg.model.llada_path), {"llada_path": str(llm_dir)}
+        source, paths = Path(cfg.model.llada_path), {"llada_path": str(final / "llada")}
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy(source / name, llm_dir / name)
@@ -87,7 +90,7 @@ def export_model(
         cfg,
         model=model_cfg,
         inference=dataclasses.replace(
-            cfg.inference, checkpoint=str(out_dir / "checkpoint.safetensors")
+            cfg.inference, checkpoint=str(final / "checkpoint.safetensors")
         ),
     )
     for name, parameter in model.named_parameters():
@@ -95,9 +98,12 @@ def export_model(
     save_checkpoint(
         model, out_dir / "checkpoint.safetensors", config=to_dict(exported), metadata=metadata
     )
-    config_path = out_dir / "config.yaml"
-    write_text_atomically(config_path, yaml.safe_dump(to_dict(exported), sort_keys=False))
-    return config_path
+    write_text_atomically(
+        out_dir / "config.yaml", yaml.safe_dump(to_dict(exported), sort_keys=False)
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    out_dir.rename(final)
+    return final / "config.yaml"
 
 
 def main() -> None:
