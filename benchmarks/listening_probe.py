@@ -136,7 +136,7 @@ def main() -> None:
             record = {
                 "step": step,
                 "seconds": round(time.perf_counter() - start),
-                "loss": round(float(loss.total), 4),
+                "loss": round(loss.total.item(), 4),
                 "ctc": None if loss.ctc is None else round(float(loss.ctc), 4),
                 "own_audio_accuracy": round(accuracy["own"], 1),
                 "other_audio_accuracy": round(accuracy["other"], 1),
