@@ -28,6 +28,7 @@ from whisper_llada.demo_recipe import (
 )
 from whisper_llada.encoder import load_whisper_encoder
 from whisper_llada.encoder_cache import encoder_weights_sha256
+from whisper_llada.file_hash import file_sha256
 from whisper_llada.mode_comparison import (
     PAPER_MODE,
     ModeRow,
@@ -619,6 +620,7 @@ def test_demo_table_has_every_mode_and_set(retrained, demo_run):
     )
     assert document["limit"] == LIMIT
     assert document["model"] == str(retrained["out"])
+    assert document["checkpoint_sha256"] == file_sha256(retrained["out"] / "checkpoint.safetensors")
     assert document["device"] == "cpu, 1 CPU thread(s)"
     assert document["reference_mode"] == "diffusion"
     assert document["modes"] == {k: list(v) for k, v in standard_modes(GEN_LEN).items()}

@@ -269,10 +269,12 @@ def run_demo(
         for row in rows:
             tqdm.write(f"{name}, {row.mode}: WER {row.wer:.2f} %", file=sys.stderr)
         if whisper_checkpoint is not None and name == PEER_SET:
-            fingerprint = {"checkpoint_sha256": file_sha256(whisper_checkpoint)}
+            peer_fingerprint = {"checkpoint_sha256": file_sha256(whisper_checkpoint)}
             peer = utterances[:whisper_utterances]
             rows.append(
-                whisper_peer.table_row(whisper_checkpoint, peer, decode_dir / name, fingerprint)
+                whisper_peer.table_row(
+                    whisper_checkpoint, peer, decode_dir / name, peer_fingerprint
+                )
             )
             tqdm.write(f"{name}, {rows[-1].mode}: WER {rows[-1].wer:.2f} %", file=sys.stderr)
         results.append(SetResult(name, description, rows))
