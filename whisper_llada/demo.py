@@ -215,8 +215,9 @@ def run_demo(
     claim_results_folder(decode_dir, fingerprint, elsewhere=ANOTHER_WORK_DIR)
     device = torch.device(cfg.inference.device)
     decoder = functools.cache(lambda: load_decoder(cfg, device))
-    # Every mode of the diffusion model reads the encoder outputs from one cache, filled before
-    # the timed decoding (`encode_once`), so the RTF columns compare the modes' own work.
+    # Every mode reads the encoder outputs from one cache, filled before the timed decoding
+    # (`encode_once`), so the RTF columns compare the modes' own work (the AR model has the
+    # same frozen encoder; the cascade's first pass and the Whisper peer encode for themselves).
     cache = f"inference.encoder_cache={decode_dir / ENCODER_CACHE}"
     # Per mode: the config it decodes with, the overrides before the mode's, the model.
     base = (*model_paths(model_dir), *NEUTRAL_DECODE, cache)
@@ -232,7 +233,7 @@ def run_demo(
         ar_decoder = functools.cache(lambda: load_decoder(ar_cfg, device))
         cascade = cascade_modes(ar.config, first_pass)
         modes = {**modes, AR_MODE: AR_DECODE, **cascade}
-        runs |= {AR_MODE: (ar.config, ar.base_overrides, ar_decoder)}
+        runs |= {AR_MODE: (ar.config, (*ar.base_overrides, cache), ar_decoder)}  # same encoder
         runs |= dict.fromkeys(cascade, runs[REFERENCE_MODE])
     results, encoding = [], {}
     load_before = os.getloadavg()[0]

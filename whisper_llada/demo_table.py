@@ -86,8 +86,8 @@ def timing_note(about: About) -> str:
     if about.encoder_cached:
         note += (
             "; every utterance was encoded once, before the timed decoding, into a cache that "
-            "every mode of the diffusion model reads, so their RTFs leave the encoder out (the "
-            "AR model's and the Whisper peer's include theirs)"
+            "every mode reads (the AR model has the same frozen encoder), so their RTFs leave the "
+            "encoder out (the cascade's AR first pass and the Whisper peer encode for themselves)"
         )
     if about.encoding:
         seconds = sum(s for s, _ in about.encoding.values())
