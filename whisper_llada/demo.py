@@ -220,8 +220,9 @@ def run_demo(
     # same frozen encoder; the cascade's first pass and the Whisper peer encode for themselves).
     cache = f"inference.encoder_cache={decode_dir / ENCODER_CACHE}"
     # Per mode: the config it decodes with, the overrides before the mode's, the model.
-    base = (*model_paths(model_dir), *NEUTRAL_DECODE, cache)
-    runs = dict.fromkeys(modes, (model_config, base, decoder))
+    runs = dict.fromkeys(
+        modes, (model_config, (*model_paths(model_dir), *NEUTRAL_DECODE, cache), decoder)
+    )
     ar_decoder = None
     if ar is not None:
         claim_results_folder(

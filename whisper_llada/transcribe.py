@@ -150,18 +150,18 @@ def decode_utterances(
     *,
     desc: str | None = None,
     first_pass: FirstPass | None = None,
-    encoder_cache: EncoderOutputCache | None = None,
 ) -> None:
     """Decode with `load_decoder`'s model in `cfg.decode`'s mode into this rank's shard file.
 
     `desc` labels the progress bar (default: the rank). `first_pass`: the cascade's first-pass
-    decoder for decode.first_pass=model (`load_first_pass`; loaded here when not given).
-    `encoder_cache`: the model's encoder outputs (made here from inference.encoder_cache when
-    not given; None and no such folder: every batch is encoded).
+    decoder for decode.first_pass=model (`load_first_pass`; loaded here when not given). With
+    inference.encoder_cache the encoder outputs are read from that folder (computed and stored
+    for what it lacks).
     """
     if cfg.decode.first_pass == "model" and first_pass is None:
         first_pass = load_first_pass(cfg, model.prompt_ids.device)
-    if encoder_cache is None and cfg.inference.encoder_cache:
+    encoder_cache = None
+    if cfg.inference.encoder_cache:
         encoder_cache = EncoderOutputCache(cfg.inference.encoder_cache, model.encoder)
     needs_first_pass = cfg.decode.first_pass == "manifest" and cfg.decode.mode in FIRST_PASS_MODES
     limit = cfg.inference.max_duration
