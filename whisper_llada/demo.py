@@ -44,7 +44,6 @@ import math
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +51,8 @@ import torch
 from tqdm import tqdm
 
 from whisper_llada import whisper_peer
-from whisper_llada.audio import SAMPLE_RATE, AudioError, batch_features
-from whisper_llada.batching import make_batches
 from whisper_llada.checkpoint import read_checkpoint
-from whisper_llada.config import Config, load_config
+from whisper_llada.config import load_config
 from whisper_llada.demo_recipe import (
     TEST_SETS,
     build_demo_corpus,
@@ -70,9 +67,9 @@ from whisper_llada.demo_retrain import (
 )
 from whisper_llada.demo_retrain_ar import add_retrain_ar_arguments, run_retrain_ar
 from whisper_llada.demo_table import About, SetResult, write_results
-from whisper_llada.encoder_cache import EncoderOutputCache
+from whisper_llada.encoder_cache import fill_encoder_cache
 from whisper_llada.file_hash import file_sha256
-from whisper_llada.manifest import Utterance, load_wave, read_manifest
+from whisper_llada.manifest import read_manifest
 from whisper_llada.mode_comparison import (
     AR_DECODE,
     AR_MODE,
@@ -80,7 +77,6 @@ from whisper_llada.mode_comparison import (
     PAPER_DECODE,
     PAPER_MODE,
     REFERENCE_MODE,
-    Decoder,
     cascade_modes,
     decode_mode,
     standard_modes,
@@ -216,7 +212,7 @@ def run_demo(
     device = torch.device(cfg.inference.device)
     decoder = functools.cache(lambda: load_decoder(cfg, device))
     # Every mode reads the encoder outputs from one cache, filled before the timed decoding
-    # (`encode_once`), so the RTF columns compare the modes' own work (the AR model has the
+    # (`fill_encoder_cache`), so the RTF columns compare the modes' own work (the AR model has the
     # same frozen encoder; the cascade's first pass and the Whisper peer encode for themselves).
     cache = f"inference.encoder_cache={decode_dir / ENCODER_CACHE}"
     # Per mode: the config it decodes with, the overrides before the mode's, the model.
@@ -247,7 +243,9 @@ def run_demo(
             plan.append((f"{PAPER_MODE}, first {len(paper)}", PAPER_DECODE, paper))
         folders = [decode_dir / name / mode_folder(mode) for mode, _, _ in plan]
         if any(len(finished_ids(f)) < len(c) for f, (_, _, c) in zip(folders, plan, strict=True)):
-            encoding[name] = encode_once(decoder, cfg, utterances, decode_dir / ENCODER_CACHE)
+            encoding[name] = fill_encoder_cache(
+                decoder()[0], cfg, utterances, decode_dir / ENCODER_CACHE
+            )
         for round_ in range(1, TIMING_ROUNDS + 1):  # every mode decodes its next share first
             for mode, overrides, chosen in plan:
                 output_dir = decode_dir / name / mode_folder(mode)
@@ -299,38 +297,6 @@ def run_demo(
     print(paths["md"].read_text())
     print(f"written: {', '.join(str(path) for path in paths.values())}")
     return results
-
-
-def encode_once(
-    decoder: Decoder, cfg: Config, utterances: list[Utterance], folder: Path
-) -> tuple[float, float]:
-    """Fill the encoder cache `folder` with every utterance's frames; (seconds, audio seconds)."""
-    model, _ = decoder()
-    cache = EncoderOutputCache(folder, model.encoder)
-    start, audio_seconds = time.perf_counter(), 0.0
-    for batch in make_batches(utterances, batch_size=cfg.inference.batch_size, max_duration=None):
-        waves = []
-        for utterance in batch:
-            try:
-                waves.append(
-                    load_wave(
-                        utterance, max_seconds=cfg.audio.max_seconds, too_long=cfg.audio.too_long
-                    )
-                )
-            except AudioError:
-                continue  # the mode records it as failed
-        if not waves:
-            continue
-        mel, mel_lengths = batch_features(
-            waves,
-            cfg.audio.n_mels,
-            pad_to_30s=cfg.audio.pad_to_30s,
-            min_seconds=cfg.audio.min_seconds,
-        )
-        with torch.inference_mode():
-            cache.frames(mel.to(model.prompt_ids.device), mel_lengths)
-        audio_seconds += sum(len(wave) for wave in waves) / SAMPLE_RATE
-    return time.perf_counter() - start, audio_seconds
 
 
 def default_ar_model(model_dir: Path) -> Path | None:

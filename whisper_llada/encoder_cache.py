@@ -21,12 +21,16 @@ file, then a rename), so ranks that miss the same row at once write the same byt
 cannot be read, has another shape or dtype, or fails its checksum is recomputed with a warning; a
 file that cannot be written costs a warning, not the run. Frames of whisper-large-v3 at 30 s
 take 3.8 MB per utterance in bf16: the cache is meant for small encoders and corpora (the demo).
+Decoding uses it too (`inference.encoder_cache`): `fill_encoder_cache` fills one for a test set
+before timed decoding.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -35,7 +39,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from whisper_llada.atomic_write import atomic_path
+from whisper_llada.audio import SAMPLE_RATE, AudioError, batch_features
+from whisper_llada.batching import make_batches
+from whisper_llada.config import Config
 from whisper_llada.encoder import encode, encoder_output_lengths
+from whisper_llada.manifest import Utterance, load_wave
 
 FORMAT_VERSION = 1  # bump when what a file holds changes: every old file becomes a miss
 FILE_SUFFIX = ".safetensors"
@@ -161,3 +169,36 @@ class EncoderOutputCache:
                 save_file({"frames": frames}, str(temporary), {"checksum": _checksum(frames)})
         except OSError as error:
             warnings.warn(f"cannot write encoder cache file {path}: {error}", stacklevel=3)
+
+
+def fill_encoder_cache(
+    model: nn.Module, cfg: Config, utterances: Sequence[Utterance], folder: str | Path
+) -> tuple[float, float]:
+    """Store in `folder` what it lacks of the frames of `model.encoder` (a `SpeechLLM`'s) for
+    every loadable utterance, read as `cfg.audio` says (an utterance whose audio fails is left
+    to the decoding, which records it); returns (seconds taken, seconds of audio)."""
+    cache = EncoderOutputCache(folder, model.encoder)
+    start, audio_seconds = time.perf_counter(), 0.0
+    for batch in make_batches(utterances, batch_size=cfg.inference.batch_size, max_duration=None):
+        waves = []
+        for utterance in batch:
+            try:
+                waves.append(
+                    load_wave(
+                        utterance, max_seconds=cfg.audio.max_seconds, too_long=cfg.audio.too_long
+                    )
+                )
+            except AudioError:
+                continue  # the mode records it as failed
+        if not waves:
+            continue
+        mel, mel_lengths = batch_features(
+            waves,
+            cfg.audio.n_mels,
+            pad_to_30s=cfg.audio.pad_to_30s,
+            min_seconds=cfg.audio.min_seconds,
+        )
+        with torch.inference_mode():
+            cache.frames(mel.to(model.prompt_ids.device), mel_lengths)
+        audio_seconds += sum(len(wave) for wave in waves) / SAMPLE_RATE
+    return time.perf_counter() - start, audio_seconds

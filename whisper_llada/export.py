@@ -29,10 +29,11 @@ import yaml
 from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.build import build_model, merge_lora
 from whisper_llada.checkpoint import load_checkpoint, save_checkpoint
-from whisper_llada.config import Config, LoraConfig, load_config, to_dict
+from whisper_llada.config import Config, load_config, to_dict
 from whisper_llada.encoder_cache import encoder_weights_sha256
 from whisper_llada.llada_checkpoint import save_llada
 from whisper_llada.model import SpeechLLM
+from whisper_llada.model_parts_config import LoraConfig
 
 TOKENIZER_FILES = (
     "tokenizer.json",
