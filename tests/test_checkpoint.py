@@ -12,10 +12,12 @@ from whisper_llada.audio import batch_features
 from whisper_llada.build import build_model
 from whisper_llada.checkpoint import (
     CheckpointError,
+    check_released_settings,
     convert_released_checkpoint,
     convert_released_state_dict,
     load_checkpoint,
     read_checkpoint,
+    released_settings,
     save_checkpoint,
 )
 from whisper_llada.config import load_config, to_dict
@@ -184,6 +186,32 @@ def test_converter_maps_the_released_keys_onto_the_real_model():
     assert {k: tuple(v.shape) for k, v in converted.items()} == trainable
 
 
+def authors_model_section(cfg) -> dict:
+    """The `config["model"]` section the authors' runner saves, with the settings of our `cfg`."""
+    return {
+        "whisper_path": "/path/to/whisper",
+        "llada_path": "/path/to/llada",
+        "ckpt": "",
+        "second_per_window": cfg.model.qformer.second_per_window,
+        "second_stride": cfg.model.qformer.second_stride,
+        "lora": cfg.model.lora.r > 0,
+        "lora_rank": cfg.model.lora.r,
+        "lora_alpha": cfg.model.lora.alpha,
+        "lora_dropout": cfg.model.lora.dropout,
+        "gen_len": cfg.decode.gen_len,
+        "prompt_template": "USER: {}\nASSISTANT:",
+        "task_prompt": cfg.model.prompt,
+    }
+
+
+def release_file(path: Path, state: dict, model_section: dict | None) -> Path:
+    """A .pth laid out as the release (shared/reference/diffusion_asr_checkpoint_keys.md, section 1)."""
+    config = {} if model_section is None else {"model": model_section, "datasets": {}, "run": {}}
+    entries = {"model": state, "optimizer": {}, "scheduler": None, "config": config}
+    torch.save({**entries, "scaler": None, "epoch": 143}, path)
+    return path
+
+
 def test_converter_round_trip_on_the_tiny_model(tiny_config, speech, tmp_path):
     cfg, model, batch = trained_model(tiny_config, speech, "model.ctc.enabled=false")
     ours = {k: v.detach().clone() for k, v in model.trainable_parameters().items()}
@@ -199,25 +227,80 @@ def test_converter_round_trip_on_the_tiny_model(tiny_config, speech, tmp_path):
     released["adapter.cls.predictions.decoder.weight"] = word_embeddings  # tied alias, as released
     released["adapter.bert.encoder.layer.0.intermediate.dense.weight"] = torch.randn(128, 64)
     released["adapter.bert.embeddings.position_ids"] = torch.arange(512).unsqueeze(0)
-    source = tmp_path / "whisper-large-v3-llada-checkpoint_best_epoch_143.pth"
-    torch.save(
-        {
-            "model": released,
-            "optimizer": {},
-            "scheduler": None,
-            "config": {},
-            "scaler": None,
-            "epoch": 143,
-        },
-        source,
+    source = release_file(
+        tmp_path / "whisper-large-v3-llada-checkpoint_best_epoch_143.pth",
+        released,
+        authors_model_section(cfg),
     )
     out = convert_released_checkpoint(
         source, tmp_path / "converted.safetensors", config=to_dict(cfg)
     )
     torch.manual_seed(7)
     fresh, _ = build_model(cfg.model)
-    assert load_checkpoint(fresh, out) == {"converted_from": source.name, "epoch": 143}
+    settings = {
+        "lora_rank": cfg.model.lora.r,
+        "lora_alpha": cfg.model.lora.alpha,
+        "lora_dropout": cfg.model.lora.dropout,
+        "second_per_window": cfg.model.qformer.second_per_window,
+        "second_stride": cfg.model.qformer.second_stride,
+        "task_prompt": cfg.model.prompt,
+        "gen_len": cfg.decode.gen_len,
+    }
+    assert load_checkpoint(fresh, out) == {
+        "converted_from": source.name,
+        "epoch": 143,
+        "released_settings": settings,
+    }
+    assert read_checkpoint(out)[1] == to_dict(cfg)
     assert torch.equal(logits(fresh, batch), logits(model, batch))
+
+
+def test_converter_refuses_a_config_that_differs_from_the_release_settings(tiny_config, tmp_path):
+    cfg = tiny_config()
+    section = authors_model_section(cfg) | {"lora_alpha": 2 * cfg.model.lora.alpha}
+    section |= {"task_prompt": "Transcribe:", "lora": False}
+    source = release_file(tmp_path / "release.pth", {}, section)
+    with pytest.raises(CheckpointError) as error:
+        convert_released_checkpoint(source, tmp_path / "out.safetensors", config=to_dict(cfg))
+    assert str(error.value) == (
+        "the config does not match the settings the release was trained with: "
+        f"model.lora.r: the release has 0 (lora_rank), ours {cfg.model.lora.r}; "
+        f"model.lora.alpha: the release has {2 * cfg.model.lora.alpha} (lora_alpha), ours "
+        f"{cfg.model.lora.alpha}; model.prompt: the release has 'Transcribe:' (task_prompt), "
+        f"ours {cfg.model.prompt!r}. Convert with a config that has the release's settings "
+        "(set these keys)."
+    )
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_configs_whisper_llada_has_the_settings_of_the_authors_training_config():
+    """The authors' configs/config.yaml (liuzhan22/Diffusion-ASR): the settings our config must match."""
+    authors = {
+        "second_per_window": 0.333333,
+        "second_stride": 0.333333,
+        "lora": True,
+        "lora_rank": 8,
+        "lora_alpha": 32,
+        "lora_dropout": 0.1,
+        "gen_len": 128,
+        "task_prompt": "Transcribe the audio:",
+    }
+    config = to_dict(load_config(Path(__file__).parent.parent / "configs" / "whisper_llada.yaml"))
+    check_released_settings(
+        released_settings(Path("release.pth"), {"config": {"model": authors}}), config
+    )
+
+
+def test_converter_needs_the_release_training_config(tiny_config, tmp_path):
+    config = to_dict(tiny_config())
+    source = release_file(tmp_path / "stripped.pth", {}, None)
+    with pytest.raises(CheckpointError, match=r"stripped\.pth has no config\['model'\] entry"):
+        convert_released_checkpoint(source, tmp_path / "out.safetensors", config=config)
+    section = authors_model_section(tiny_config())
+    del section["lora_alpha"], section["gen_len"]
+    source = release_file(tmp_path / "partial.pth", {}, section)
+    with pytest.raises(CheckpointError, match=r"config\['model'\] lacks lora_alpha, gen_len$"):
+        convert_released_checkpoint(source, tmp_path / "out.safetensors", config=config)
 
 
 def test_converter_refuses_foreign_checkpoints(tmp_path):
@@ -231,4 +314,4 @@ def test_converter_refuses_foreign_checkpoints(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"state_dict": {}}, path)
     with pytest.raises(CheckpointError, match="has no 'model' entry"):
-        convert_released_checkpoint(path, tmp_path / "x.safetensors")
+        convert_released_checkpoint(path, tmp_path / "x.safetensors", config={})

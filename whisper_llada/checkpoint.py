@@ -4,7 +4,7 @@ A checkpoint is one safetensors file holding only the trainable tensors (project
 CTC head: the frozen Whisper and LLaDA weights come from their own directories), with the config
 and metadata as JSON in the safetensors header.
 
-    python -m whisper_llada.checkpoint convert RELEASED.pth OUT.safetensors [--config YAML]
+    python -m whisper_llada.checkpoint convert RELEASED.pth OUT.safetensors --config YAML
 """
 
 from __future__ import annotations
@@ -248,10 +248,65 @@ def convert_released_state_dict(state: dict[str, torch.Tensor]) -> dict[str, tor
     return converted
 
 
+# The settings of the release's own training config (its `config["model"]` section, read by the
+# authors' `WhisperLLaDA.__init__`) and the keys of ours that must agree with them.
+RELEASED_SETTINGS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("lora_rank", ("model", "lora", "r")),  # 0 when the release's `lora` is false
+    ("lora_alpha", ("model", "lora", "alpha")),
+    ("lora_dropout", ("model", "lora", "dropout")),
+    ("second_per_window", ("model", "qformer", "second_per_window")),
+    ("second_stride", ("model", "qformer", "second_stride")),
+    ("task_prompt", ("model", "prompt")),
+    ("gen_len", ("decode", "gen_len")),
+)
+
+
+def released_settings(source: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """The release's settings that ours must match, from its `config["model"]` section."""
+    model = (payload.get("config") or {}).get("model")
+    if not isinstance(model, dict):
+        raise CheckpointError(
+            f"{source} has no config['model'] entry (the training config the authors' runner "
+            "saves with the weights): its LoRA, window and prompt settings cannot be checked"
+        )
+    needed = ["lora", *(name for name, _ in RELEASED_SETTINGS)]
+    absent = [name for name in needed if name not in model]
+    if absent:
+        raise CheckpointError(f"{source}'s config['model'] lacks {', '.join(absent)}")
+    settings = {name: model[name] for name, _ in RELEASED_SETTINGS}
+    settings["lora_rank"] = settings["lora_rank"] if model["lora"] else 0
+    return settings
+
+
+def check_released_settings(settings: dict[str, Any], config: dict[str, Any]) -> None:
+    """CheckpointError naming every key of `config` that differs from the release's setting."""
+    problems = []
+    for name, path in RELEASED_SETTINGS:
+        ours: Any = config
+        for key in path:
+            ours = ours[key]
+        theirs = settings[name]
+        same = ours == theirs if isinstance(theirs, str) else abs(float(ours) - theirs) < 1e-6
+        if not same:
+            problems.append(f"{'.'.join(path)}: the release has {theirs!r} ({name}), ours {ours!r}")
+    if problems:
+        raise CheckpointError(
+            "the config does not match the settings the release was trained with: "
+            + "; ".join(problems)
+            + ". Convert with a config that has the release's settings (set these keys)."
+        )
+
+
 def convert_released_checkpoint(
-    source: str | Path, out: str | Path, *, config: dict[str, Any] | None = None
+    source: str | Path, out: str | Path, *, config: dict[str, Any]
 ) -> Path:
-    """Convert `whisper-large-v3-llada-checkpoint_best_epoch_143.pth` to a checkpoint of ours."""
+    """Convert `whisper-large-v3-llada-checkpoint_best_epoch_143.pth` to a checkpoint of ours.
+
+    `config` (the project config the weights will be decoded with, as `config.to_dict` gives it)
+    is checked against the release's own training settings (LoRA rank, alpha and dropout, the
+    Q-Former's windows, the task prompt, gen_len) and stored with the weights; the release's
+    settings are recorded in the metadata.
+    """
     source = Path(source)
     if not source.is_file():
         raise CheckpointError(f"released checkpoint not found: {source}")
@@ -260,11 +315,17 @@ def convert_released_checkpoint(
         raise CheckpointError(
             f"{source} has no 'model' entry: not a released Whisper-LLaDA checkpoint"
         )
+    settings = released_settings(source, payload)
+    check_released_settings(settings, config)
     return write_checkpoint(
         convert_released_state_dict(payload["model"]),
         out,
-        config=config or {},
-        metadata={"converted_from": source.name, "epoch": payload.get("epoch")},
+        config=config,
+        metadata={
+            "converted_from": source.name,
+            "epoch": payload.get("epoch"),
+            "released_settings": settings,
+        },
     )
 
 
@@ -274,14 +335,22 @@ def main() -> None:
     convert = sub.add_parser("convert", help="convert the released .pth checkpoint")
     convert.add_argument("source", type=Path)
     convert.add_argument("out", type=Path)
-    convert.add_argument("--config", type=Path, help="YAML config to store with the weights")
+    convert.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="the YAML config to decode with (e.g. configs/whisper_llada.yaml): checked against "
+        "the release's training settings and stored with the weights",
+    )
+    convert.add_argument("overrides", nargs="*", help="section.key=value for the config")
     args = parser.parse_args()
-    config = None
-    if args.config is not None:
-        from whisper_llada.config import load_config, to_dict
+    from whisper_llada.config import load_config, to_dict
 
-        config = to_dict(load_config(args.config))
-    out = convert_released_checkpoint(args.source, args.out, config=config)
+    config = to_dict(load_config(args.config, args.overrides))
+    try:
+        out = convert_released_checkpoint(args.source, args.out, config=config)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None
     tensors, _, _ = read_checkpoint(out)
     print(
         f"wrote {out}: {len(tensors)} tensors, {sum(t.numel() for t in tensors.values()):,} values"
