@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 import yaml
 
-from whisper_llada.config import Config, ConfigError, load_config, to_dict
+from whisper_llada.config import PATH_KEYS, Config, ConfigError, load_config, to_dict
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
 
@@ -206,3 +207,48 @@ def test_audio_aligned_answer_positions_need_llada_and_a_stride():
         )
     cfg = load_config("configs/tiny.yaml", [aligned, "model.audio_vectors_per_token=8"])
     assert (cfg.model.answer_positions, cfg.model.audio_vectors_per_token) == ("audio_aligned", 8.0)
+
+
+def test_paths_in_a_file_are_relative_to_it_in_an_override_to_the_working_directory(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "recipe" / "decode").mkdir(parents=True)
+    (tmp_path / "recipe" / "base.yaml").write_text(
+        "model:\n  whisper_path: ../models/whisper\n  llada_path: /abs/llada\n"
+        "data:\n  train_manifests: [manifests/a.jsonl, /abs/b.jsonl]\n"
+    )
+    child = tmp_path / "recipe" / "decode" / "child.yaml"
+    child.write_text(
+        "base: ../base.yaml\ninference:\n  manifest: ../test.jsonl\n  output_dir: ''\n"
+        "  first_pass_config: first.yaml\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(
+        Path("..") / "recipe" / "decode" / "child.yaml", ["inference.checkpoint=c.st"]
+    )
+    assert cfg.model.whisper_path == str(tmp_path / "models" / "whisper")  # beside recipe/
+    assert cfg.model.llada_path == "/abs/llada"
+    assert cfg.data.train_manifests == (str(tmp_path / "recipe/manifests/a.jsonl"), "/abs/b.jsonl")
+    assert cfg.inference.manifest == str(tmp_path / "recipe" / "test.jsonl")
+    assert cfg.inference.first_pass_config == str(tmp_path / "recipe/decode/first.yaml")
+    assert cfg.inference.checkpoint == str(elsewhere / "c.st")  # the override: the working dir
+    assert cfg.inference.output_dir == ""  # unset stays unset
+    assert cfg.train.output_dir == str(elsewhere / "exp" / "train")  # a default: the working dir
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(yaml.safe_dump(to_dict(cfg)))
+    monkeypatch.chdir(tmp_path)
+    assert load_config(saved) == cfg  # what a run saves names the same files from anywhere
+
+
+def test_every_path_field_of_the_schema_is_resolved():
+    """A new path field must be marked PathStr (or it would keep the working-directory meaning)."""
+    names = ("_path", "_dir", "manifest", "manifests", "checkpoint", "cache", "_config")
+    path_like = {
+        (section, name)
+        for section, schema in get_type_hints(Config).items()
+        for name, hint in get_type_hints(schema).items()
+        if name.endswith(names) and hint in (str, tuple[str, ...])
+    }
+    assert path_like == set(PATH_KEYS)

@@ -317,8 +317,9 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
     assert metadata["train_utterances"] == TRAIN_UTTERANCES
     assert metadata["held_out_utterances"] == HELD_OUT
     # the frozen Whisper tiny.en is not copied: referenced by path, its weights' hash recorded
-    assert config["model"]["whisper_path"] == "pretrained/whisper-tiny.en/hf"
-    encoder = load_whisper_encoder(REPO / config["model"]["whisper_path"], dtype=torch.float32)
+    whisper = out / config["model"]["whisper_path"]  # relative to the export's folder
+    assert whisper.resolve() == (REPO / "pretrained" / "whisper-tiny.en" / "hf").resolve()
+    encoder = load_whisper_encoder(whisper, dtype=torch.float32)
     assert metadata["encoder_sha256"] == encoder_weights_sha256(encoder)
     shared = [
         f"model.llada_path={work / 'base' / 'llada'}",
@@ -362,7 +363,7 @@ def test_retrain_resumes_and_exports_with_its_metadata(retrained):
         "dev-clean": HELD_OUT, "dev-other": HELD_OUT, "test-clean": HELD_OUT, "test-other": HELD_OUT,
         TRAIN_SPLIT: TRAIN_UTTERANCES,
     }  # fmt: skip
-    assert config["model"]["llada_path"] == str(out / "llada")
+    assert config["model"]["llada_path"] == "llada"  # relative to the export's folder
     assert config["decode"]["gen_len"] == GEN_LEN
     assert config["loss"]["draft_prob"] == 0.5  # stage 2's recipe
 

@@ -76,7 +76,7 @@ def test_cascade_modes_feed_the_ar_model_to_the_diffusion_model():
     }
     cfg = load_config(REPO / "configs" / "tiny.yaml", modes["AR -> prior-guided"])
     assert cfg.inference.first_pass_overrides == tuple(overrides)
-    assert cfg.inference.first_pass_config == "ar/config.yaml"
+    assert cfg.inference.first_pass_config == str(Path.cwd() / "ar" / "config.yaml")  # override
     assert (cfg.decode.mode, cfg.decode.first_pass) == ("prior_guided", "model")
 
 

@@ -147,7 +147,7 @@ def test_retrain_ar_resumes_and_exports_with_its_metadata(retrained_ar):
     tensors, config, metadata = read_checkpoint(out / "checkpoint.safetensors")
     assert {name.split(".")[0] for name in tensors} == {"projector"}
     assert config["model"]["llm"] == "llama"
-    assert config["model"]["llama_path"] == str(out / "llama")
+    assert config["model"]["llama_path"] == "llama"  # relative to the export's folder
     _, _, stage_one = read_checkpoint(work / "train" / "last" / "model.safetensors")
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from whisper_llada.audio import batch_features
 from whisper_llada.build import build_model
@@ -34,9 +35,14 @@ def test_an_exported_model_reloads_with_every_weight_identical(
     expected = {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
     config_path = export_model(model, cfg, tmp_path / "exported", metadata={"steps": 7})
-    exported = load_config(config_path)
+    written = yaml.safe_load(config_path.read_text())
+    assert (written["model"]["whisper_path"], written["model"][f"{llm}_path"]) == ("whisper", llm)
+    moved = tmp_path / "elsewhere" / "moved"  # its paths are relative to it: the folder moves
+    moved.parent.mkdir()
+    config_path.parent.rename(moved)
+    exported = load_config(moved / "config.yaml")
     assert (exported.model.train_encoder, exported.model.train_llm) == (False, False)
-    assert getattr(exported.model, f"{llm}_path") == str(tmp_path / "exported" / llm)
+    assert getattr(exported.model, f"{llm}_path") == str(moved / llm)
     tensors, _, metadata = read_checkpoint(exported.inference.checkpoint)
     assert metadata == {"steps": 7}
     heads = {"projector", "ctc_head"} if llm == "llada" else {"projector"}

@@ -342,3 +342,27 @@ def test_a_folder_decoded_twice_merges_once_or_says_how_to_recover(uninterrupted
     )
     with pytest.raises(SystemExit, match=rf"utterance {record['id']} was decoded twice .* delete"):
         merge_shards(folder)
+
+
+def test_a_config_with_relative_paths_runs_from_another_directory(
+    tiny_models, test_set, uninterrupted, tmp_path
+):
+    """Paths in a config file are relative to it: the same results from any working directory."""
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    (recipe / "run.yaml").write_text(
+        f"base: {os.path.relpath(REPO / 'configs' / 'tiny.yaml', recipe)}\n"
+        "model:\n"
+        f"  whisper_path: {os.path.relpath(tiny_models.whisper, recipe)}\n"
+        f"  llada_path: {os.path.relpath(tiny_models.llada, recipe)}\n"
+        "inference:\n"
+        f"  manifest: {os.path.relpath(test_set, recipe)}\n"
+        "  output_dir: out\n"
+        "  batch_size: 2\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = [sys.executable, str(REPO / "inference.py"), "../recipe/run.yaml", *DECODE]
+    subprocess.run(command, cwd=elsewhere, check=True, capture_output=True, timeout=300)
+    assert decoded(recipe / "out") == decoded(uninterrupted)
+    assert list(elsewhere.iterdir()) == []

@@ -31,11 +31,11 @@ MODEL = Path(os.environ.get("WHISPER_LLADA_DEMO_MODEL", REPO / "models" / "demo"
 UTTERANCES = 24  # the first ones of the seen-voice test set
 MAX_CHECKPOINT_BYTES = 20 * 1024**2
 # Bounds about 4-6 words (143 words in all, 0.7 points a word) above what the shipped model
-# measured on these 24 utterances (CTC draft 6.29 %, diffusion from all-MASK 2.10 %, prior-guided
-# 2.80 % at 1.25 LLM passes; a random model: ~100 %), so a retrained model passes when it learned
+# measured on these 24 utterances (CTC draft 6.29 %, diffusion from all-MASK 3.50 %, prior-guided
+# 2.80 % at 1.21 LLM passes; a random model: ~100 %), so a retrained model passes when it learned
 # as well, and one that does not listen fails (the previous demo model: diffusion 96 %).
 MAX_CTC_WER = 12.0
-MAX_DIFFUSION_WER = 6.0
+MAX_DIFFUSION_WER = 7.0
 MAX_PRIOR_GUIDED_WER = 7.0
 MAX_PRIOR_GUIDED_PASSES = 2.0
 
@@ -93,8 +93,9 @@ def test_the_shipped_checkpoint_is_small_and_records_its_recipe():
     assert len(metadata["git_commit"]) == 40
     # The frozen Whisper tiny.en is not shipped: setup.sh converts it; its weights' hash is kept.
     assert not (MODEL / "whisper").exists()
-    assert config["model"]["whisper_path"] == "pretrained/whisper-tiny.en/hf"
-    encoder = load_whisper_encoder(REPO / config["model"]["whisper_path"], dtype=torch.float32)
+    whisper = MODEL / config["model"]["whisper_path"]  # relative to the export's folder
+    assert whisper.resolve() == (REPO / "pretrained" / "whisper-tiny.en" / "hf").resolve()
+    encoder = load_whisper_encoder(whisper, dtype=torch.float32)
     assert metadata["encoder_sha256"] == encoder_weights_sha256(encoder)
 
 

@@ -5,6 +5,8 @@ A YAML file holds one mapping per section (`model`, `audio`, `loss`, `decode`, `
 stops the run with a message that names the key and lists the valid ones. Command-line overrides use the same
 path syntax and the same checks: `model.lora.r=16`, `audio.pad_to_30s=false`. A file may start
 from another with `base: other.yaml` (relative to its own folder); its keys override the base's.
+A relative path in a file is relative to that file's folder, in an override to the working
+directory (`config_paths`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from whisper_llada.audio import CHUNK_SECONDS
+from whisper_llada.config_paths import PathStr, absolute_under, map_paths, path_keys
 from whisper_llada.model_parts_config import (
     ConvAdapterConfig,
     CTCConfig,
@@ -65,10 +68,10 @@ class ModelConfig:
     Each kind reads only its own path; the other may stay empty.
     """
 
-    whisper_path: str = ""
+    whisper_path: PathStr = ""
     llm: Literal["llada", "llama"] = "llada"
-    llada_path: str = ""
-    llama_path: str = ""
+    llada_path: PathStr = ""
+    llama_path: PathStr = ""
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # frozen encoder and LLM
     train_encoder: bool = False
     train_llm: bool = False  # full fine-tuning of every LLM weight (the demo's LLM starts random)
@@ -167,9 +170,9 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    manifest: str = ""  # the authors' JSON, JSONL or a lhotse CutSet
-    checkpoint: str = ""  # trainable weights from training or the converter; "" = as built
-    output_dir: str = "exp/decode"
+    manifest: PathStr = ""  # the authors' JSON, JSONL or a lhotse CutSet
+    checkpoint: PathStr = ""  # trainable weights from training or the converter; "" = as built
+    output_dir: PathStr = "exp/decode"
     batch_size: int | None = 8
     max_duration: float | None = None  # seconds of audio per batch; when set, batch_size is ignored
     device: str = "cpu"
@@ -177,19 +180,19 @@ class InferenceConfig:
     # decode.first_pass=model (the cascade): the config of the first-pass model (e.g. the
     # Whisper-LLaMA one of configs/decode/autoregressive.yaml; its model, checkpoint, audio and
     # decode sections are used) and `section.key=value` overrides for it.
-    first_pass_config: str = ""
+    first_pass_config: PathStr = ""
     first_pass_overrides: tuple[str, ...] = ()
     # A folder of the frozen encoder's outputs (encoder_cache.py), "" = off: each utterance is
     # encoded once for every decoding run that shares the folder (e.g. one per mode).
-    encoder_cache: str = ""
+    encoder_cache: PathStr = ""
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Training data: lhotse cut manifests (or the authors' JSON / JSONL), duration bucketing."""
 
-    train_manifests: tuple[str, ...] = ()
-    valid_manifests: tuple[str, ...] = ()
+    train_manifests: tuple[PathStr, ...] = ()
+    valid_manifests: tuple[PathStr, ...] = ()
     max_duration: float = 120.0  # seconds of audio per batch on each rank
     max_cuts: int | None = None  # also cap the utterances per batch (the authors use 4 per GPU)
     num_buckets: int = 30
@@ -200,21 +203,21 @@ class DataConfig:
     # computes and stores them, later ones read them back, bit for bit what computing gives.
     # Keyed by cut id, audio path, file size and mtime, segment, audio settings and library
     # versions, so an edited file or changed audio config is recomputed; shared by ranks.
-    feature_cache: str = ""
+    feature_cache: PathStr = ""
     # A folder of per-utterance encoder outputs (encoder_cache.py), "" = off; needs a frozen
     # encoder. Each row is encoded once (alone) and read back, keyed by the encoder's weights
     # and the log-mel row, so a step costs the projector and the LLM only.
-    encoder_cache: str = ""
+    encoder_cache: PathStr = ""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The optimisation recipe; defaults are Whisper-LLaDA's (systems.md)."""
 
-    output_dir: str = "exp/train"
+    output_dir: PathStr = "exp/train"
     seed: int = 42
     trainable: Literal["projector", "projector_lora"] = "projector_lora"  # dLLM-ASR stage 1 / 2
-    init_checkpoint: str = ""  # trainable weights to start from (e.g. the stage-1 result)
+    init_checkpoint: PathStr = ""  # trainable weights to start from (e.g. the stage-1 result)
     # With init_checkpoint: load only its tensors whose names start with one of these (e.g.
     # [encoder., projector.]), strictly; every other weight starts as built. Empty: every tensor.
     init_prefixes: tuple[str, ...] = ()
@@ -249,16 +252,22 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+PATH_KEYS = path_keys(Config)
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a YAML config strictly and apply `section.key=value` overrides."""
+    """Read a YAML config strictly and apply `section.key=value` overrides; every path absolute."""
     path = Path(path)
     data = _read_with_base(path, seen=())
     for override in overrides:
-        _apply_override(data, override)
+        key = _apply_override(data, override)
+        map_paths(data, [key] if key in PATH_KEYS else [], absolute_under(Path.cwd()))
     try:
-        return from_dict(Config, data)
+        config = to_dict(from_dict(Config, data))  # the schema's defaults filled in
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+    map_paths(config, PATH_KEYS, absolute_under(Path.cwd()))  # the defaults' paths
+    return from_dict(Config, config)
 
 
 def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -270,6 +279,7 @@ def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     base = data.pop("base", None)
+    map_paths(data, PATH_KEYS, absolute_under(path.parent))
     if base is None:
         return data
     if not isinstance(base, str):
@@ -371,8 +381,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _apply_override(data: dict[str, Any], override: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so 1e-5, true, [a, b])."""
+def _apply_override(data: dict[str, Any], override: str) -> tuple[str, ...]:
+    """Set `a.b.c=value` in a nested dict and return its key path; the value is parsed as YAML (so 1e-5, true, [a, b])."""
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r} must look like section.key=value")
@@ -390,3 +400,4 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
             f"override {override!r}: its value is not valid YAML ({problem}); quote strings "
             "and close lists, e.g. decode.steps=64 or data.train_manifests=[a.jsonl, b.jsonl]"
         ) from None
+    return (*parents, leaf)

@@ -11,7 +11,7 @@ model and its checkpoint shrinks to the projector and CTC head (if any):
     <out>/llada/              LLaDA-8B-Instruct layout (LoRA merged), tokenizer files copied
     <out>/llama/              instead, for the causal baseline (model.llm=llama): transformers layout
     <out>/checkpoint.safetensors   projector + CTC head, the export config and metadata
-    <out>/config.yaml         the config that decodes it (paths point into <out>)
+    <out>/config.yaml         the config that decodes it (paths relative to <out>, so it moves)
 
     python -m whisper_llada.export TRAIN_CONFIG CHECKPOINT OUT_DIR
 """
@@ -29,7 +29,8 @@ import yaml
 from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.build import build_model, merge_lora
 from whisper_llada.checkpoint import load_checkpoint, save_checkpoint
-from whisper_llada.config import Config, load_config, to_dict
+from whisper_llada.config import PATH_KEYS, Config, load_config, to_dict
+from whisper_llada.config_paths import absolute_under, map_paths, relative_to
 from whisper_llada.encoder_cache import encoder_weights_sha256
 from whisper_llada.llada_checkpoint import save_llada
 from whisper_llada.model import SpeechLLM
@@ -56,7 +57,7 @@ def export_model(
     """
     from transformers import WhisperForConditionalGeneration
 
-    final = Path(out_dir)
+    final = Path(out_dir).absolute()
     out_dir = final.parent / f".{final.name}.partial"  # written here, then renamed to `final`
     shutil.rmtree(out_dir, ignore_errors=True)  # left by an interrupted export
     model = merge_lora(model)
@@ -94,14 +95,13 @@ def export_model(
             cfg.inference, checkpoint=str(final / "checkpoint.safetensors")
         ),
     )
+    written = to_dict(exported)  # its paths relative to the export (config_paths), defaults too
+    map_paths(written, PATH_KEYS, absolute_under(Path.cwd()))
+    map_paths(written, PATH_KEYS, relative_to(final))
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith(("projector.", "ctc_head.")))
-    save_checkpoint(
-        model, out_dir / "checkpoint.safetensors", config=to_dict(exported), metadata=metadata
-    )
-    write_text_atomically(
-        out_dir / "config.yaml", yaml.safe_dump(to_dict(exported), sort_keys=False)
-    )
+    save_checkpoint(model, out_dir / "checkpoint.safetensors", config=written, metadata=metadata)
+    write_text_atomically(out_dir / "config.yaml", yaml.safe_dump(written, sort_keys=False))
     shutil.rmtree(final, ignore_errors=True)
     out_dir.rename(final)
     return final / "config.yaml"
