@@ -1,12 +1,9 @@
 """Configuration: typed, frozen dataclasses per concern, loaded strictly from YAML.
 
-A YAML file holds one mapping per section (`model`, `audio`, `loss`, `decode`, `inference`, `data`,
-`train`); every key is checked against the dataclass fields and its type, so a typo or a wrong type
-stops the run with a message that names the key and lists the valid ones. Command-line overrides use the same
-path syntax and the same checks: `model.lora.r=16`, `audio.pad_to_30s=false`. A file may start
-from another with `base: other.yaml` (relative to its own folder); its keys override the base's.
-A relative path in a file is relative to that file's folder, in an override to the working
-directory (`config_paths`).
+A YAML file holds one mapping per section (`model`, `audio`, `loss`, `decode`, `inference`,
+`data`, `train`); a typo or a wrong type stops the run naming the key and the valid ones.
+Overrides (`model.lora.r=16`) get the same checks. `base: other.yaml` starts a file from another
+(its keys override the base's); relative paths follow `config_paths`' rule.
 """
 
 from __future__ import annotations
