@@ -188,7 +188,7 @@ def test_retrain_ar_resumes_and_exports_with_its_metadata(retrained_ar):
         "git_commit": commit or "unknown",
         "steps": 2,
         "encoder_sha256": encoder_weights_sha256(
-            load_whisper_encoder(config["model"]["whisper_path"], dtype=torch.float32)
+            load_whisper_encoder(out / config["model"]["whisper_path"], dtype=torch.float32)
         ),
     }
 
