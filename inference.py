@@ -23,6 +23,7 @@ from whisper_llada.config import load_config, to_dict
 from whisper_llada.distributed import barrier, device_for, init_distributed, shutdown
 from whisper_llada.file_hash import file_sha256
 from whisper_llada.manifest import read_manifest
+from whisper_llada.recognize import reads_manifest_first_pass
 from whisper_llada.results import (
     check_same_utterances,
     claim_results_folder,
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     done = finished_ids(output_dir)
     if done:
         check_same_run(output_dir / "config.yaml", to_dict(cfg))
-        check_same_utterances(output_dir, {u.id: u.text for u in utterances})
+        check_same_utterances(output_dir, utterances, reads_manifest_first_pass(cfg.decode))
     todo = [u for u in shard(utterances, info.rank, info.world_size) if u.id not in done]
     if info.is_main:
         write_text_atomically(

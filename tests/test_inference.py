@@ -21,6 +21,7 @@ from whisper_llada.results import MERGED_NAME
 REPO = Path(__file__).resolve().parent.parent
 # A fast decode: 16 MASK slots in two semi-AR blocks.
 DECODE = ["decode.gen_len=16", "decode.steps=8", "decode.block_length=8"]
+DELIBERATION = ("decode.mode=diffusion_deliberation", "decode.first_pass=manifest")
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +199,7 @@ def test_an_utterance_without_a_first_pass_fails_alone(tiny_models, test_set, tm
     del lines[1]["first_pass"]
     manifest = write_lines(tmp_path / "test.jsonl", lines)
     out = tmp_path / "out"
-    deliberation = ["decode.mode=diffusion_deliberation", "decode.first_pass=manifest"]
-    inference.main(arguments(tiny_models, manifest, out, *deliberation))
+    inference.main(arguments(tiny_models, manifest, out, *DELIBERATION))
     results = decoded(out)
     assert set(results) == {line["id"] for line in lines}
     failed = {k: v[2] for k, v in results.items() if v[2] is not None}
@@ -208,24 +208,66 @@ def test_an_utterance_without_a_first_pass_fails_alone(tiny_models, test_set, tm
     assert all(results[line["id"]][0] for line in lines if line is not lines[1])
 
 
-@pytest.mark.parametrize("change", ["edited reference", "dropped lines"])
+@pytest.mark.parametrize(
+    ("change", "mode"),
+    [
+        ("edited reference", ()),
+        ("dropped lines", ()),
+        ("another utterance's audio", ()),
+        ("the audio file rewritten", ()),
+        ("another segment", ()),
+        ("edited first pass", DELIBERATION),
+    ],
+)
 def test_a_rerun_on_a_changed_test_set_is_refused_and_keeps_the_results(
-    tiny_models, test_set, tmp_path, change
+    tiny_models, test_set, tmp_path, change, mode
 ):
     lines = first_lines(test_set, 6)
+    for line in lines:  # copies, so that one can be rewritten
+        copy = tmp_path / Path(line["audio"]).name
+        shutil.copy(line["audio"], copy)
+        line["audio"] = str(copy)
     manifest = write_lines(tmp_path / "test.jsonl", lines)
     out = tmp_path / "out"
-    inference.main(arguments(tiny_models, manifest, out))
+    inference.main(arguments(tiny_models, manifest, out, *mode))
     before = (out / MERGED_NAME).read_text()
+    expected = "that have other audio or another first pass now"
     if change == "edited reference":
         lines[2]["text"] = "an edited reference"
         expected = "that have another reference now"
-    else:
-        del lines[3:]
+    elif change == "dropped lines":
+        del lines[5:]
         expected = "that are not in this test set"
+    elif change == "another utterance's audio":
+        lines[2]["audio"] = lines[4]["audio"]
+    elif change == "the audio file rewritten":
+        shutil.copy(lines[4]["audio"], lines[2]["audio"])
+    elif change == "another segment":
+        lines[2]["duration"] = 0.5
+    else:
+        lines[2]["first_pass"] = "an edited first pass"
     write_lines(manifest, lines)
-    with pytest.raises(SystemExit, match=rf"holds results of \d utterance\(s\) {expected}"):
-        inference.main(arguments(tiny_models, manifest, out))
+    with pytest.raises(SystemExit, match=rf"holds results of 1 utterance\(s\) {expected}"):
+        inference.main(arguments(tiny_models, manifest, out, *mode))
+    assert (out / MERGED_NAME).read_text() == before
+
+
+def test_a_moved_test_set_resumes_and_a_first_pass_the_mode_ignores_may_change(
+    tiny_models, test_set, tmp_path, capsys
+):
+    lines = first_lines(test_set, 4)
+    manifest = write_lines(tmp_path / "test.jsonl", lines)
+    out = tmp_path / "out"
+    inference.main(arguments(tiny_models, manifest, out))
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for line in lines:
+        line["audio"] = shutil.copy(line["audio"], moved)
+        line["first_pass"] = "not read by decode.mode=decoding"
+    before = (out / MERGED_NAME).read_text()
+    capsys.readouterr()
+    inference.main(arguments(tiny_models, write_lines(manifest, lines), out))
+    assert "4 utterances, 4 already decoded" in capsys.readouterr().out
     assert (out / MERGED_NAME).read_text() == before
 
 

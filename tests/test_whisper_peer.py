@@ -76,3 +76,16 @@ def test_the_demo_decodes_the_peer_with_the_converted_tiny_en_by_default(monkeyp
     (tmp_path / "tiny.en.pt").write_bytes(b"")
     demo.main(["--limit", "1", "--whisper-utterances", "7"])
     assert [call[5:] for call in calls] == [(None, 100), (tmp_path / "tiny.en.pt", 7)]
+
+
+def test_a_rerun_on_changed_utterances_is_refused(checkpoint, utterances, tmp_path):
+    """The folder is named by the utterance count only: a rerun with other references or
+    audio under the same ids must not reuse it (as inference.py)."""
+    fingerprint = {"checkpoint_sha256": "a"}
+    whisper_peer.table_row(checkpoint, utterances[:2], tmp_path, fingerprint)
+    edited = [utterances[0], dataclasses.replace(utterances[1], text="edited")]
+    with pytest.raises(SystemExit, match=r"1 utterance\(s\) that have another reference now"):
+        whisper_peer.table_row(checkpoint, edited, tmp_path, fingerprint)
+    swapped = [utterances[0], dataclasses.replace(utterances[1], audio=utterances[2].audio)]
+    with pytest.raises(SystemExit, match=r"1 utterance\(s\) that have other audio or another"):
+        whisper_peer.table_row(checkpoint, swapped, tmp_path, fingerprint)

@@ -27,6 +27,7 @@ from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.cascade import FirstPass, first_pass_config
 from whisper_llada.config import Config, to_dict
 from whisper_llada.manifest import Utterance
+from whisper_llada.recognize import reads_manifest_first_pass
 from whisper_llada.results import (
     MERGED_NAME,
     check_same_utterances,
@@ -258,7 +259,7 @@ def decode_mode(
     done = finished_ids(output_dir)
     if done:
         check_same_run(output_dir / "config.yaml", to_dict(cfg))
-        check_same_utterances(output_dir, {u.id: u.text for u in utterances})
+        check_same_utterances(output_dir, utterances, reads_manifest_first_pass(cfg.decode))
     todo = [u for u in utterances[:first] if u.id not in done]
     write_text_atomically(output_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     if todo:

@@ -33,6 +33,11 @@ from whisper_llada.prompt import decode_text, text_ids
 FIRST_PASS_MODES = ("diffusion_deliberation", "semi_ar_deliberation", "prior_guided")
 
 
+def reads_manifest_first_pass(cfg: DecodeConfig) -> bool:
+    """Whether the mode starts from the manifest's first pass (origin_transcripts / first_pass)."""
+    return cfg.first_pass == "manifest" and cfg.mode in FIRST_PASS_MODES
+
+
 @dataclass
 class Hypothesis:
     text: str

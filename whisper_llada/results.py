@@ -10,13 +10,18 @@ finished, whatever the number of ranks was then. The main rank merges all shards
 from __future__ import annotations
 
 import fcntl
+import functools
+import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO
 
 from whisper_llada.atomic_write import write_text_atomically
+from whisper_llada.file_hash import file_sha256
+from whisper_llada.manifest import Utterance
 
 SHARD_PATTERN = "results-rank*.jsonl"
 MERGED_NAME = "results.jsonl"
@@ -41,6 +46,9 @@ class Record:
     # The clip's full duration when audio.max_seconds cut it (audio_seconds is what was decoded:
     # the reference's words past the cut count as deletions); None when nothing was cut.
     truncated_from_seconds: float | None = None
+    # input_sha256(the utterance) when it was decoded: its audio and first pass, so a resume
+    # notices when they changed; None in folders written before it was recorded.
+    input_sha256: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -74,22 +82,68 @@ def finished_ids(output_dir: Path) -> set[str]:
     return {r.id for path in sorted(output_dir.glob(SHARD_PATTERN)) for r in read_records(path)}
 
 
-def check_same_utterances(output_dir: Path, references: dict[str, str]) -> None:
+def input_sha256(utterance: Utterance, uses_first_pass: bool) -> str:
+    """SHA-256 of what the manifest gives for `utterance` besides its id and reference: the bytes
+    of its audio file (not its path, so a test set moved elsewhere resumes), the segment (start,
+    duration) and, when the mode decodes from it, the first pass. A missing file counts as no
+    bytes (its record is a failure)."""
+    fields = [_audio_file_sha256(utterance.audio), utterance.start, utterance.duration]
+    if uses_first_pass:
+        fields.append(utterance.first_pass)
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+
+
+def _audio_file_sha256(path: str) -> str | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _file_sha256_once(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)  # segments of one long recording: the file is read once
+def _file_sha256_once(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def with_inputs(
+    records: list[Record], utterances: Sequence[Utterance], uses_first_pass: bool = False
+) -> list[Record]:
+    """`records` with each one's `input_sha256` (`utterances` holds every record's utterance)."""
+    by_id = {u.id: u for u in utterances}
+    digest = functools.partial(input_sha256, uses_first_pass=uses_first_pass)
+    return [replace(r, input_sha256=digest(by_id[r.id])) for r in records]
+
+
+def check_same_utterances(
+    output_dir: Path, utterances: Sequence[Utterance], uses_first_pass: bool = False
+) -> None:
     """Stop unless every utterance `output_dir` has finished is one of this test set, unchanged.
 
-    `references` maps every utterance id of the test set to its reference. A resume keyed on
-    the manifest's path alone would keep results of utterances dropped from it, or scored
-    against an edited reference; both are refused.
+    A resume keyed on the manifest's path alone would keep results of utterances dropped from
+    it, scored against an edited reference, or decoded from other audio or (`uses_first_pass`:
+    the mode decodes from the manifest's first pass) another first pass; all are refused.
 
     Raises:
-        SystemExit: a finished utterance is not in the test set, or its reference changed.
+        SystemExit: a finished utterance is not in `utterances`, or its reference, audio or
+            first pass changed.
     """
     records = [r for path in sorted(output_dir.glob(SHARD_PATTERN)) for r in read_records(path)]
-    stray = sorted({r.id for r in records} - set(references))
-    changed = sorted(
-        r.id for r in records if r.id in references and r.reference != references[r.id]
+    by_id = {u.id: u for u in utterances}
+    known = [r for r in records if r.id in by_id]
+    stray = sorted({r.id for r in records} - set(by_id))
+    changed = sorted(r.id for r in known if r.reference != by_id[r.id].text)
+    inputs = sorted(
+        r.id
+        for r in known
+        if r.input_sha256 is not None
+        and r.input_sha256 != input_sha256(by_id[r.id], uses_first_pass)
     )
-    for ids, what in ((stray, "are not in this test set"), (changed, "have another reference now")):
+    for ids, what in (
+        (stray, "are not in this test set"),
+        (changed, "have another reference now"),
+        (inputs, "have other audio or another first pass now"),
+    ):
         if ids:
             raise SystemExit(
                 f"{output_dir} holds results of {len(ids)} utterance(s) that {what} (e.g. "

@@ -21,8 +21,8 @@ from whisper_llada.encoder_cache import EncoderOutputCache, encoder_weights_sha2
 from whisper_llada.manifest import Utterance, load_wave, utterance_seconds
 from whisper_llada.metrics import Alignment, WerSummary, score, write_errs, write_recogs, write_wer
 from whisper_llada.model import SpeechLLM
-from whisper_llada.recognize import FIRST_PASS_MODES, check_decode_settings, recognize
-from whisper_llada.results import Record, ShardWriter, merge_shards, shard_path
+from whisper_llada.recognize import check_decode_settings, reads_manifest_first_pass, recognize
+from whisper_llada.results import Record, ShardWriter, merge_shards, shard_path, with_inputs
 
 # What a folder's results depend on: resuming with other values would mix two experiments.
 RESULT_DEFINING_SECTIONS = ("model", "audio", "decode")
@@ -163,7 +163,7 @@ def decode_utterances(
     encoder_cache = None
     if cfg.inference.encoder_cache:
         encoder_cache = EncoderOutputCache(cfg.inference.encoder_cache, model.encoder)
-    needs_first_pass = cfg.decode.first_pass == "manifest" and cfg.decode.mode in FIRST_PASS_MODES
+    needs_first_pass = reads_manifest_first_pass(cfg.decode)
     limit = cfg.inference.max_duration
     batches = make_batches(
         utterances, batch_size=None if limit else cfg.inference.batch_size, max_duration=limit
@@ -203,7 +203,7 @@ def decode_utterances(
                 records += decode_batch(
                     model, tokenizer, cfg, loaded, waves, first_pass, encoder_cache
                 )
-            writer.write(records)
+            writer.write(with_inputs(records, batch, needs_first_pass))
             progress.update(len(batch))
     finally:
         writer.close()

@@ -26,10 +26,12 @@ from whisper_llada.mode_comparison import ModeRow, read_row
 from whisper_llada.results import (
     Record,
     ShardWriter,
+    check_same_utterances,
     claim_results_folder,
     finished_ids,
     merge_shards,
     shard_path,
+    with_inputs,
 )
 from whisper_llada.transcribe import set_statistics
 
@@ -78,17 +80,21 @@ def decode_folder(
     folder, and a folder recorded with another is refused.
 
     Raises:
-        SystemExit: `output_dir` holds results of another checkpoint.
+        SystemExit: `output_dir` holds results of another checkpoint, or of utterances that are
+            not in `utterances` or changed (as inference.py).
     """
     claim_results_folder(output_dir, fingerprint, FINGERPRINT_NAME, "Whisper checkpoint")
     done = finished_ids(output_dir)
+    if done:
+        check_same_utterances(output_dir, utterances)
     todo = [u for u in utterances if u.id not in done]
     if todo:
         model = whisper.load_model(str(checkpoint), device="cpu")
         writer = ShardWriter(shard_path(output_dir, 0))
         try:
             for start in tqdm(range(0, len(todo), batch_size), desc=desc, disable=None):
-                writer.write(_decode_batch(model, todo[start : start + batch_size]))
+                batch = todo[start : start + batch_size]
+                writer.write(with_inputs(_decode_batch(model, batch), batch))
         finally:
             writer.close()
     _write_result_files(output_dir)
