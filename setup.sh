@@ -24,4 +24,4 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" -r requirements.txt
 "${pip[@]}" --no-deps openai-whisper==20250625
 "${pip[@]}" --no-deps -e .
-.venv/bin/python -m whisper_llada.ctranslate2_whisper --out pretrained/whisper-tiny.en
+.venv/bin/python -m whisper_llada.models.ctranslate2_whisper --out pretrained/whisper-tiny.en

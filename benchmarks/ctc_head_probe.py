@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 
 from whisper_llada.config import load_config
-from whisper_llada.ctc import CTCHead, ctc_greedy_decode, ctc_loss
-from whisper_llada.manifest import read_manifest
-from whisper_llada.metrics import score
-from whisper_llada.prompt import decode_text
-from whisper_llada.transcribe import load_decoder
+from whisper_llada.data.manifest import read_manifest
+from whisper_llada.evaluation.metrics import score
+from whisper_llada.evaluation.transcribe import load_decoder
+from whisper_llada.models.ctc import CTCHead, ctc_greedy_decode, ctc_loss
+from whisper_llada.models.prompt import decode_text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from listening_probe import batch_of, encoded

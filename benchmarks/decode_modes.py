@@ -5,7 +5,7 @@
         [--ar-config configs/decode/autoregressive.yaml --ar-checkpoint exp/whisper_llama/best.safetensors] \
         [--out exp/decode_modes] [--gen-len 32] [--batch-size 8] [--modes diffusion "CTC draft" ...]
 
-The modes are the demo's (`whisper_llada.mode_comparison.standard_modes`) plus prior-guided
+The modes are the demo's (`whisper_llada.evaluation.mode_comparison.standard_modes`) plus prior-guided
 decoding without early exit. Each mode decodes the whole manifest with the same trained model
 (built once, LoRA merged), through the same code as inference.py, into a fresh folder under
 --out: timings are wall-clock on this machine in this run, so the ratios compare like with
@@ -28,10 +28,9 @@ from pathlib import Path
 
 import torch
 
-from whisper_llada.atomic_write import write_text_atomically
 from whisper_llada.config import load_config
-from whisper_llada.manifest import read_manifest
-from whisper_llada.mode_comparison import (
+from whisper_llada.data.manifest import read_manifest
+from whisper_llada.evaluation.mode_comparison import (
     AR_DECODE,
     AR_MODE,
     NEUTRAL_DECODE,
@@ -41,7 +40,8 @@ from whisper_llada.mode_comparison import (
     markdown_table,
     standard_modes,
 )
-from whisper_llada.transcribe import load_decoder
+from whisper_llada.evaluation.transcribe import load_decoder
+from whisper_llada.utils.atomic_write import write_text_atomically
 
 BATCH_ONE_MODES = ("diffusion", "prior-guided")  # repeated at batch 1: what batching buys
 

@@ -27,14 +27,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from feature_cache import synthetic_corpus  # a sibling benchmark
 
-from whisper_llada.audio import batch_features
-from whisper_llada.build import build_model
 from whisper_llada.config import load_config
-from whisper_llada.data import cut_utterance
-from whisper_llada.encoder_cache import EncoderOutputCache
-from whisper_llada.manifest import load_wave
-from whisper_llada.objective import SpeechBatch, training_loss
-from whisper_llada.prompt import text_ids
+from whisper_llada.data.audio import batch_features
+from whisper_llada.data.encoder_cache import EncoderOutputCache
+from whisper_llada.data.manifest import load_wave
+from whisper_llada.data.training_data import SpeechBatch, cut_utterance
+from whisper_llada.models.build import build_model
+from whisper_llada.models.prompt import text_ids
+from whisper_llada.training.objective import training_loss
 
 TINY_EN = (
     "model.whisper_path=pretrained/whisper-tiny.en/hf",

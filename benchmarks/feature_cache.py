@@ -25,11 +25,11 @@ import torch
 from lhotse import CutSet
 
 from whisper_llada.config import AudioConfig, load_config
-from whisper_llada.data import SpeechDataset, utterance_cuts
-from whisper_llada.manifest import Utterance
-from whisper_llada.prompt import load_tokenizer
+from whisper_llada.data.manifest import Utterance
+from whisper_llada.data.speech_synthesis import DEFAULT_RATES_WPM, DEFAULT_VOICES, synthesize
+from whisper_llada.data.training_data import SpeechDataset, utterance_cuts
+from whisper_llada.models.prompt import load_tokenizer
 from whisper_llada.smoke import ensure_tiny_models
-from whisper_llada.speech_synthesis import DEFAULT_RATES_WPM, DEFAULT_VOICES, synthesize
 
 WORDS = (
     "the", "cat", "sat", "on", "a", "mat", "while", "seven", "purple", "kites", "drift", "over",

@@ -46,13 +46,14 @@ from pathlib import Path
 
 import torch
 
-from whisper_llada.autoregressive import autoregressive_decode
-from whisper_llada.canvas import TokenIds
 from whisper_llada.config import Config, load_config
-from whisper_llada.model import SpeechLLM
-from whisper_llada.objective import SpeechBatch, training_loss
-from whisper_llada.real_shapes import build_real_shape_llama_model, build_real_shape_model
-from whisper_llada.recognize import row_seed, run_mode
+from whisper_llada.data.training_data import SpeechBatch
+from whisper_llada.decoding.autoregressive import autoregressive_decode
+from whisper_llada.decoding.canvas import TokenIds
+from whisper_llada.decoding.recognize import row_seed, run_mode
+from whisper_llada.models.real_shapes import build_real_shape_llama_model, build_real_shape_model
+from whisper_llada.models.speech_llm import SpeechLLM
+from whisper_llada.training.objective import training_loss
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES_PER_SECOND = 100  # Whisper's log-mel hop: 10 ms

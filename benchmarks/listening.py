@@ -23,14 +23,14 @@ import math
 import torch
 import torch.nn.functional as F
 
-from whisper_llada.audio import batch_features
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import load_checkpoint
 from whisper_llada.config import load_config
-from whisper_llada.llada import apply_rotary
-from whisper_llada.manifest import load_wave, read_manifest
-from whisper_llada.model import AudioEncoding
-from whisper_llada.prompt import text_ids
+from whisper_llada.data.audio import batch_features
+from whisper_llada.data.manifest import load_wave, read_manifest
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import load_checkpoint
+from whisper_llada.models.llada import apply_rotary
+from whisper_llada.models.prompt import text_ids
+from whisper_llada.models.speech_llm import AudioEncoding
 
 CONDITIONS = ("own audio", "audio zeroed", "another utterance's audio")
 

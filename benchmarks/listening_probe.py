@@ -28,15 +28,16 @@ import time
 
 import torch
 
-from whisper_llada.audio import batch_features
-from whisper_llada.build import build_model
 from whisper_llada.config import load_config
-from whisper_llada.diffusion_loss import pad_answers
-from whisper_llada.encoder import encode
-from whisper_llada.encoder_cache import EncoderOutputCache
-from whisper_llada.manifest import load_wave, read_manifest
-from whisper_llada.objective import SpeechBatch, training_loss
-from whisper_llada.prompt import text_ids
+from whisper_llada.data.audio import batch_features
+from whisper_llada.data.encoder_cache import EncoderOutputCache
+from whisper_llada.data.manifest import load_wave, read_manifest
+from whisper_llada.data.training_data import SpeechBatch
+from whisper_llada.models.build import build_model
+from whisper_llada.models.encoder import encode
+from whisper_llada.models.prompt import text_ids
+from whisper_llada.training.diffusion_loss import pad_answers
+from whisper_llada.training.objective import training_loss
 
 WARMUP_STEPS = 100
 

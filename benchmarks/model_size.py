@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from whisper_llada.config import load_config
-from whisper_llada.real_shapes import build_real_shape_model
+from whisper_llada.models.real_shapes import build_real_shape_model
 
 FP32_BYTES = 4
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from whisper_llada.config import load_config
-from whisper_llada.real_shapes import build_real_shape_model
+from whisper_llada.models.real_shapes import build_real_shape_model
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:

@@ -44,8 +44,9 @@ def estimate_gib(batch: int, answer: int, layers: int, checkpointing: bool) -> f
 
 def worker(layers: int, checkpointing: bool, batch: int, answer: int, device_name: str) -> dict:
     from whisper_llada.config import load_config
-    from whisper_llada.objective import SpeechBatch, training_loss
-    from whisper_llada.real_shapes import build_real_shape_model
+    from whisper_llada.data.training_data import SpeechBatch
+    from whisper_llada.models.real_shapes import build_real_shape_model
+    from whisper_llada.training.objective import training_loss
 
     device = torch.device(device_name)
     cfg = load_config(Path(__file__).parent.parent / "configs" / "whisper_llada.yaml")

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from whisper_llada.audio import SAMPLE_RATE, batch_features, load_audio
-from whisper_llada.build import build_model
 from whisper_llada.config import load_config
-from whisper_llada.objective import SpeechBatch, training_loss
-from whisper_llada.prompt import text_ids
+from whisper_llada.data.audio import SAMPLE_RATE, batch_features, load_audio
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.data.training_data import SpeechBatch
+from whisper_llada.models.build import build_model
+from whisper_llada.models.prompt import text_ids
 from whisper_llada.smoke import ensure_tiny_models
-from whisper_llada.speech_synthesis import synthesize
+from whisper_llada.training.objective import training_loss
 
 TEXT = "the quick brown fox jumps over the lazy dog while seven purple kites drift over the harbour"
 CASES = (

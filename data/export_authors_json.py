@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from whisper_llada.corpora import CorpusError, export_authors_json
+from whisper_llada.data.corpora import CorpusError, export_authors_json
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from whisper_llada.sentences import (
+from whisper_llada.data.sentences import (
     DEFAULT_MAX_WORDS,
     DEFAULT_MIN_WORDS,
     DEFAULT_RANDOM_ORDER_SHARE,
     DEFAULT_VOCABULARY_SIZE,
 )
-from whisper_llada.speech_synthesis import DEFAULT_PITCHES, DEFAULT_RATES_WPM, DEFAULT_VOICES
-from whisper_llada.synthetic_corpus import DEFAULT_WORKERS, build_synthetic_corpus
+from whisper_llada.data.speech_synthesis import DEFAULT_PITCHES, DEFAULT_RATES_WPM, DEFAULT_VOICES
+from whisper_llada.data.synthetic_corpus import DEFAULT_WORKERS, build_synthetic_corpus
 
 SPLIT_NAMES = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
 CLEAN = "clean"  # in --snrs-db: no noise

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from whisper_llada.corpora import (
+from whisper_llada.data.corpora import (
     CASINGS,
     COMMONVOICE_DEFAULT_SPLITS,
     COMMONVOICE_SPLITS,

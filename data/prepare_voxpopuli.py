@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from whisper_llada.corpora import (
+from whisper_llada.data.corpora import (
     CASINGS,
     LIBRISPEECH_STYLE,
     PUNCTUATIONS,

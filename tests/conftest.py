@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from whisper_llada import whisper_peer
-from whisper_llada.audio import load_audio
+from recipes.demo import whisper_peer
 from whisper_llada.config import Config, load_config
-from whisper_llada.speech_synthesis import synthesize
-from whisper_llada.tiny_models import write_tiny_llada, write_tiny_llama, write_tiny_whisper
+from whisper_llada.data.audio import load_audio
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.models.tiny_models import write_tiny_llada, write_tiny_llama, write_tiny_whisper
 
 REPO = Path(__file__).resolve().parent.parent
 

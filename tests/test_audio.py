@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 import whisper
 
-from whisper_llada.audio import (
+from whisper_llada.data.audio import (
     N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,

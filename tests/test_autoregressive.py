@@ -8,12 +8,12 @@ import dataclasses
 import pytest
 import torch
 
-from whisper_llada.audio import batch_features
-from whisper_llada.autoregressive import autoregressive_decode
-from whisper_llada.build import build_model
 from whisper_llada.config import DecodeConfig
-from whisper_llada.model import AudioEncoding
-from whisper_llada.recognize import recognize
+from whisper_llada.data.audio import batch_features
+from whisper_llada.decoding.autoregressive import autoregressive_decode
+from whisper_llada.decoding.recognize import recognize
+from whisper_llada.models.build import build_model
+from whisper_llada.models.speech_llm import AudioEncoding
 
 MAX_NEW_TOKENS = 10
 GREEDY = DecodeConfig(mode="autoregressive", num_beams=1, max_new_tokens=MAX_NEW_TOKENS)

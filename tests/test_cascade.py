@@ -11,9 +11,9 @@ import soundfile as sf
 import yaml
 
 import inference
-from whisper_llada.cascade import first_pass_config
 from whisper_llada.config import ConfigError, load_config
-from whisper_llada.results import MERGED_NAME
+from whisper_llada.evaluation.cascade import first_pass_config
+from whisper_llada.evaluation.results import MERGED_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yaml"

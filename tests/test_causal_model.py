@@ -7,14 +7,15 @@ import json
 import pytest
 import torch
 
-from whisper_llada.audio import batch_features
-from whisper_llada.build import build_model, merge_lora
-from whisper_llada.causal_model import WhisperLLaMA
-from whisper_llada.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from whisper_llada.config import to_dict
-from whisper_llada.llama import causal_tokens, load_llama_tokenizer
-from whisper_llada.objective import SpeechBatch, training_loss
-from whisper_llada.prompt import load_tokenizer, text_ids
+from whisper_llada.data.audio import batch_features
+from whisper_llada.data.training_data import SpeechBatch
+from whisper_llada.models.build import build_model, merge_lora
+from whisper_llada.models.causal_model import WhisperLLaMA
+from whisper_llada.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from whisper_llada.models.llama import causal_tokens, load_llama_tokenizer
+from whisper_llada.models.prompt import load_tokenizer, text_ids
+from whisper_llada.training.objective import training_loss
 
 TINY_BPE = 1000  # tiny_models.TINY_BPE_VOCAB: Llama-3's 256 special tokens follow
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from whisper_llada import checkpoint as ckpt
-from whisper_llada.audio import batch_features
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import (
+from whisper_llada.config import load_config, to_dict
+from whisper_llada.data.audio import batch_features
+from whisper_llada.data.training_data import SpeechBatch
+from whisper_llada.models import checkpoint as ckpt
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import (
     CheckpointError,
     check_released_settings,
     convert_released_checkpoint,
@@ -20,10 +22,9 @@ from whisper_llada.checkpoint import (
     released_settings,
     save_checkpoint,
 )
-from whisper_llada.config import load_config, to_dict
-from whisper_llada.objective import SpeechBatch, training_loss
-from whisper_llada.prompt import text_ids
-from whisper_llada.real_shapes import build_real_shape_model
+from whisper_llada.models.prompt import text_ids
+from whisper_llada.models.real_shapes import build_real_shape_model
+from whisper_llada.training.objective import training_loss
 
 
 def trained_model(tiny_config, speech, *overrides):

@@ -17,8 +17,8 @@ from lhotse.recipes import commonvoice as commonvoice_recipe
 from lhotse.recipes import librispeech as librispeech_recipe
 from lhotse.recipes import voxpopuli as voxpopuli_recipe
 
-from whisper_llada import corpora
-from whisper_llada.corpora import (
+from whisper_llada.data import corpora
+from whisper_llada.data.corpora import (
     LIBRISPEECH_STYLE,
     CorpusError,
     TextPolicy,
@@ -28,7 +28,7 @@ from whisper_llada.corpora import (
     prepare_librispeech,
     prepare_voxpopuli,
 )
-from whisper_llada.manifest import read_manifest
+from whisper_llada.data.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RATE = 16000

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from whisper_llada.ctc import CTCHead, ctc_greedy_decode, ctc_loss
+from whisper_llada.models.ctc import CTCHead, ctc_greedy_decode, ctc_loss
 
 WIDTH = 16
 VOCAB = 37  # differs from WIDTH and every other size, so a V-sized tensor is recognisable

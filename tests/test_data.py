@@ -12,9 +12,11 @@ import soundfile as sf
 import torch
 from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
 
-from whisper_llada.audio import AudioError, batch_features, load_audio
 from whisper_llada.config import AudioConfig, DataConfig
-from whisper_llada.data import (
+from whisper_llada.data.audio import AudioError, batch_features, load_audio
+from whisper_llada.data.manifest import ManifestError
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.data.training_data import (
     ResumableSampler,
     SpeechDataset,
     bucketing_sampler,
@@ -22,9 +24,7 @@ from whisper_llada.data import (
     read_cuts,
     validation_batches,
 )
-from whisper_llada.manifest import ManifestError
-from whisper_llada.prompt import load_tokenizer, text_ids
-from whisper_llada.speech_synthesis import synthesize
+from whisper_llada.models.prompt import load_tokenizer, text_ids
 
 TEXTS = ("the cat sat on the mat", "a dog ran home", "we go out at night", "she read a book")
 TRUE_LENGTH = AudioConfig(pad_to_30s=False)

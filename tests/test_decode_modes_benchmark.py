@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import save_checkpoint
 from whisper_llada.config import to_dict
-from whisper_llada.mode_comparison import AR_MODE
-from whisper_llada.results import MERGED_NAME, read_records
+from whisper_llada.evaluation.mode_comparison import AR_MODE
+from whisper_llada.evaluation.results import MERGED_NAME, read_records
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "decode_modes.py"

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from whisper_llada.canvas import DecodeResult, TokenIds
-from whisper_llada.decoding import MaskPredictor, diffusion_decode
-from whisper_llada.deliberation import diffusion_deliberation, semi_ar_deliberation
-from whisper_llada.prior_guided import prior_guided_decode
+from whisper_llada.decoding.canvas import DecodeResult, TokenIds
+from whisper_llada.decoding.deliberation import diffusion_deliberation, semi_ar_deliberation
+from whisper_llada.decoding.diffusion import MaskPredictor, diffusion_decode
+from whisper_llada.decoding.prior_guided import prior_guided_decode
 
 VOCAB = 20
 IDS = TokenIds(mask=3, eos=1, pad=0, eot=2)

@@ -16,28 +16,31 @@ import pytest
 import torch
 import yaml
 
-from whisper_llada import demo, demo_recipe, demo_stages, train_launch
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import load_checkpoint, read_checkpoint
-from whisper_llada.config import load_config, to_dict
-from whisper_llada.demo_recipe import (
+from recipes.demo import corpus as demo_recipe
+from recipes.demo import run as demo
+from recipes.demo import stages as demo_stages
+from recipes.demo.corpus import (
     DEMO_SEED,
     TEST_SETS,
     TRAIN_SPLIT,
     build_demo_corpus,
 )
-from whisper_llada.encoder import load_whisper_encoder
-from whisper_llada.encoder_cache import encoder_weights_sha256
-from whisper_llada.file_hash import file_sha256
-from whisper_llada.mode_comparison import (
+from whisper_llada.config import load_config, to_dict
+from whisper_llada.data.synthetic_corpus import read_planned_utterances
+from whisper_llada.evaluation.mode_comparison import (
     PAPER_MODE,
     ModeRow,
     decode_mode,
     markdown_table,
     standard_modes,
 )
-from whisper_llada.results import MERGED_NAME, claim_results_folder, read_records
-from whisper_llada.synthetic_corpus import read_planned_utterances
+from whisper_llada.evaluation.results import MERGED_NAME, claim_results_folder, read_records
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import load_checkpoint, read_checkpoint
+from whisper_llada.models.encoder import encoder_weights_sha256, load_whisper_encoder
+from whisper_llada.training import launch as train_launch
+from whisper_llada.training import loop
+from whisper_llada.utils.file_hash import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_UTTERANCES, HELD_OUT, LIMIT = 16, 3, 2
@@ -275,7 +278,7 @@ def retrained(tmp_path_factory, one_thread) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def demo_run(retrained) -> Path:
-    """`python -m whisper_llada.demo --limit 2` on the retrained model (in this process)."""
+    """`python -m recipes.demo --limit 2` on the retrained model (in this process)."""
     run = retrained["root"] / "run"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -385,7 +388,7 @@ def test_the_export_holds_stage_two_s_last_weights(retrained):
 def test_stage_two_starts_from_stage_one_s_last_weights(retrained, tmp_path):
     """Stage 2's resolved config, one update at learning rate 0: its weights are stage 1's."""
     work = retrained["work"]
-    train_launch.train_module().main(
+    loop.main(
         [
             str(work / "train_stage2" / "config.yaml"),
             f"train.output_dir={tmp_path}",
@@ -478,21 +481,12 @@ def test_retrain_needs_at_least_one_process(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
-def test_retrain_under_torchrun_runs_from_the_repository_root(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as stopped:
-        demo.main(["retrain", "--work-dir", "work", "--nproc-per-node", "2"])
-    assert str(stopped.value) == (
-        f"--nproc-per-node 2 launches train.py from the repository root: run retrain from {REPO}"
-    )
-    assert not (tmp_path / "work").exists()
-
-
-def test_torchrun_command_environment_and_folder(monkeypatch, capsys):
+def test_torchrun_command_and_environment(monkeypatch, capsys):
+    """The training module under torchrun, in the caller's folder, one thread per process."""
     launched = []
 
-    def run(command, *, cwd, env):
-        launched.append((command, cwd, env["OMP_NUM_THREADS"]))
+    def run(command, *, env):
+        launched.append((command, env["OMP_NUM_THREADS"]))
         return subprocess.CompletedProcess(command, 3)
 
     monkeypatch.setattr(train_launch.subprocess, "run", run)
@@ -502,13 +496,14 @@ def test_torchrun_command_environment_and_folder(monkeypatch, capsys):
     assert train_launch.run_torchrun(3, ["configs/demo.yaml"]) == 3
     python = train_launch.sys.executable
     command = [python, "-m", "torch.distributed.run", "--standalone"]
+    module = ["--module", "whisper_llada.training"]
     assert launched == [
-        ([*command, "--nproc_per_node=2", str(REPO / "train.py"), "configs/demo.yaml", "train.seed=1"], REPO, "1"),
-        ([*command, "--nproc_per_node=3", str(REPO / "train.py"), "configs/demo.yaml"], REPO, "4"),
-    ]  # fmt: skip
+        ([*command, "--nproc_per_node=2", *module, "configs/demo.yaml", "train.seed=1"], "1"),
+        ([*command, "--nproc_per_node=3", *module, "configs/demo.yaml"], "4"),
+    ]
     assert capsys.readouterr().out.splitlines()[0] == (
-        f"{python} -m torch.distributed.run --standalone --nproc_per_node=2 {REPO / 'train.py'} "
-        "configs/demo.yaml train.seed=1"
+        f"{python} -m torch.distributed.run --standalone --nproc_per_node=2 "
+        "--module whisper_llada.training configs/demo.yaml train.seed=1"
     )
 
 
@@ -528,7 +523,9 @@ def test_retrain_with_two_processes_per_stage(retrained, tmp_path, monkeypatch, 
     demo.main([*retrain_command(out, work), *steps, "--nproc-per-node", "2"])
     printed = capfd.readouterr()
     for recipe in ("demo.yaml", "demo_stage2.yaml"):
-        launched = f"--nproc_per_node=2 {REPO / 'train.py'} {REPO / 'configs' / recipe} "
+        launched = (
+            f"--nproc_per_node=2 --module whisper_llada.training {REPO / 'configs' / recipe} "
+        )
         assert launched in printed.out
     assert printed.out.count("new run: 2 process(es) on cpu, fp32") == 2  # streamed from rank 0
     assert "Setting OMP_NUM_THREADS" not in printed.err  # torchrun's warning: retrain set it

@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from whisper_llada import demo
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import read_checkpoint, write_checkpoint
+from recipes.demo import run as demo
+from recipes.demo.corpus import TEST_SETS
 from whisper_llada.config import load_config
-from whisper_llada.demo_recipe import TEST_SETS
-from whisper_llada.export import export_model
-from whisper_llada.file_hash import file_sha256
-from whisper_llada.mode_comparison import (
+from whisper_llada.evaluation.mode_comparison import (
     AR_MODE,
     PAPER_MODE,
     ModeRow,
@@ -27,7 +23,11 @@ from whisper_llada.mode_comparison import (
     markdown_table,
     standard_modes,
 )
-from whisper_llada.results import MERGED_NAME, read_records
+from whisper_llada.evaluation.results import MERGED_NAME, read_records
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import read_checkpoint, write_checkpoint
+from whisper_llada.models.export import export_model
+from whisper_llada.utils.file_hash import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 HELD_OUT, LIMIT, GEN_LEN = 3, 2, 4
@@ -313,7 +313,7 @@ def test_a_given_ar_model_must_be_an_exported_ar_model(exported, tmp_path):
         run_demo(exported["model"], tmp_path / "run", "--ar-model", str(exported["model"]))
     assert str(stopped.value) == (
         f"{exported['model']} is not an exported AR model (llama missing): make one with "
-        "`python -m whisper_llada.demo retrain-ar --out DIR` or `python -m whisper_llada.export`"
+        "`python -m recipes.demo retrain-ar --out DIR` or `python -m whisper_llada.models.export`"
     )
     with pytest.raises(
         SystemExit, match=re.escape("(config.yaml, checkpoint.safetensors, llama missing)")

@@ -1,4 +1,4 @@
-"""`python -m whisper_llada.demo retrain-ar`: the AR baseline from the LLaDA recipe's stage-1 projector, shortened end to end, and its refusals."""
+"""`python -m recipes.demo retrain-ar`: the AR baseline from the LLaDA recipe's stage-1 projector, shortened end to end, and its refusals."""
 
 from __future__ import annotations
 
@@ -11,19 +11,20 @@ import pytest
 import torch
 import yaml
 
-from whisper_llada import demo, demo_retrain, demo_stages
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import load_checkpoint, read_checkpoint
-from whisper_llada.config import load_config
-from whisper_llada.demo_recipe import (
+from recipes.demo import retrain as demo_retrain
+from recipes.demo import run as demo
+from recipes.demo import stages as demo_stages
+from recipes.demo.corpus import (
     DEMO_SEED,
     TRAIN_SPLIT,
     build_demo_corpus,
     prepare_demo_manifests,
 )
-from whisper_llada.encoder import load_whisper_encoder
-from whisper_llada.encoder_cache import encoder_weights_sha256
-from whisper_llada.train_launch import train_module
+from whisper_llada.config import load_config
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import load_checkpoint, read_checkpoint
+from whisper_llada.models.encoder import encoder_weights_sha256, load_whisper_encoder
+from whisper_llada.training import loop
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_UTTERANCES, HELD_OUT = 16, 3
@@ -89,7 +90,7 @@ def test_retrain_ar_needs_stage_one(tmp_path):
     assert str(stopped.value) == (
         f"{work / 'train'} has no last checkpoint: the AR baseline starts from stage 1's encoder "
         "and projector, so train stage 1 of the LLaDA recipe first (`python -m "
-        f"whisper_llada.demo retrain --work-dir {work}`)"
+        f"recipes.demo retrain --work-dir {work}`)"
     )
     assert not work.exists() and not (tmp_path / "ar_work").exists()
 
@@ -104,7 +105,7 @@ def test_retrain_ar_needs_stage_one_finished(stage_one, tmp_path):
         retrain_ar(tmp_path / "out", work, tmp_path / "ar_work")
     assert str(stopped.value) == (
         f"stage 1 in {work / 'train'} has 2 of its 5 steps: the AR baseline starts from its "
-        "final projector, so finish it first (`python -m whisper_llada.demo "
+        "final projector, so finish it first (`python -m recipes.demo "
         f"retrain --work-dir {work}`)"
     )
     assert not (work / "base").exists() and not (tmp_path / "ar_work").exists()
@@ -200,7 +201,7 @@ def test_the_ar_run_starts_from_stage_one_s_projector(retrained_ar, tmp_path):
     saved = load_config(ar_work / "train" / "config.yaml")
     assert saved.train.init_prefixes == ("projector.",)
     assert (saved.train.lr, saved.train.warmup_steps) == (1e-3, 100)
-    train_module().main(
+    loop.main(
         [
             str(ar_work / "train" / "config.yaml"),
             f"train.output_dir={tmp_path}",

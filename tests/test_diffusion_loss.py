@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from whisper_llada.diffusion_loss import apply_mask, diffusion_loss, pad_answers, sample_mask
+from whisper_llada.training.diffusion_loss import (
+    apply_mask,
+    diffusion_loss,
+    pad_answers,
+    sample_mask,
+)
 
 EOS = 9
 MASK = 8

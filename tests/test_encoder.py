@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-import whisper_llada.encoder as encoder_module
-from whisper_llada.encoder import encode, encoder_output_lengths, load_whisper_encoder
-from whisper_llada.tiny_models import (
+import whisper_llada.models.encoder as encoder_module
+from whisper_llada.models.encoder import encode, encoder_output_lengths, load_whisper_encoder
+from whisper_llada.models.tiny_models import (
     TINY_N_MELS,
     TINY_WHISPER_WIDTH,
     WHISPER_AUDIO_CONTEXT,

@@ -8,15 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import train
 from tests.test_train import arguments, corpus, log_entries, one_thread  # noqa: F401 (fixtures)
-from whisper_llada.audio import batch_features
-from whisper_llada.build import build_model
 from whisper_llada.config import load_config
-from whisper_llada.encoder import encode
-from whisper_llada.encoder_cache import EncoderOutputCache
-from whisper_llada.objective import SpeechBatch, training_loss
-from whisper_llada.prompt import text_ids
+from whisper_llada.data.audio import batch_features
+from whisper_llada.data.encoder_cache import EncoderOutputCache
+from whisper_llada.data.training_data import SpeechBatch
+from whisper_llada.models.build import build_model
+from whisper_llada.models.encoder import encode
+from whisper_llada.models.prompt import text_ids
+from whisper_llada.training import loop
+from whisper_llada.training.objective import training_loss
 
 MELS = 128  # configs/tiny.yaml's
 
@@ -122,7 +123,7 @@ def test_train_py_trains_on_the_cache_and_refuses_a_trained_encoder(tiny_models,
         tiny_models, corpus, out, "train.max_steps=4", "train.valid_every=4",
         "train.save_every=4", f"data.encoder_cache={folder}",
     )  # fmt: skip
-    progress = train.main(args)
+    progress = loop.main(args)
     assert (progress.step, progress.bad_steps) == (4, 0)
     assert cache_files(folder)  # training and validation rows, one file each
     assert len(log_entries(out, "valid_loss")) == 2
@@ -131,4 +132,4 @@ def test_train_py_trains_on_the_cache_and_refuses_a_trained_encoder(tiny_models,
     refused = arguments(tiny_models, corpus, tmp_path / "r", "model.train_encoder=true",
                         f"data.encoder_cache={folder}")  # fmt: skip
     with pytest.raises(SystemExit, match=r"data\.encoder_cache stores a frozen encoder's outputs"):
-        train.main(refused)
+        loop.main(refused)

@@ -6,15 +6,15 @@ import pytest
 import torch
 import yaml
 
-from whisper_llada.audio import batch_features
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import load_checkpoint, read_checkpoint
 from whisper_llada.config import load_config
-from whisper_llada.encoder_cache import encoder_weights_sha256
-from whisper_llada.export import export_model
-from whisper_llada.prompt import text_ids
-from whisper_llada.tiny_models import write_tiny_whisper
-from whisper_llada.transcribe import load_decoder
+from whisper_llada.data.audio import batch_features
+from whisper_llada.evaluation.transcribe import load_decoder
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import load_checkpoint, read_checkpoint
+from whisper_llada.models.encoder import encoder_weights_sha256
+from whisper_llada.models.export import export_model
+from whisper_llada.models.prompt import text_ids
+from whisper_llada.models.tiny_models import write_tiny_whisper
 
 
 @pytest.mark.parametrize("llm", ["llada", "llama"])

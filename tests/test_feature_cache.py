@@ -14,16 +14,16 @@ import torch
 from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
 from safetensors import safe_open
 
-import train
-from whisper_llada import feature_cache
-from whisper_llada.audio import AudioError, batch_features
-from whisper_llada.checkpoint import read_checkpoint
 from whisper_llada.config import AudioConfig
-from whisper_llada.data import SpeechDataset, cut_utterance
-from whisper_llada.feature_cache import FeatureCache, stack_features, utterance_features
-from whisper_llada.manifest import Utterance, load_wave
-from whisper_llada.prompt import load_tokenizer
-from whisper_llada.speech_synthesis import synthesize
+from whisper_llada.data import feature_cache
+from whisper_llada.data.audio import AudioError, batch_features
+from whisper_llada.data.feature_cache import FeatureCache, stack_features, utterance_features
+from whisper_llada.data.manifest import Utterance, load_wave
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.data.training_data import SpeechDataset, cut_utterance
+from whisper_llada.models.checkpoint import read_checkpoint
+from whisper_llada.models.prompt import load_tokenizer
+from whisper_llada.training import loop
 
 PADDED = AudioConfig(pad_to_30s=True)
 TRUE_LENGTH = AudioConfig(pad_to_30s=False, min_seconds=1.0)  # the short clips get padded
@@ -338,7 +338,7 @@ def test_training_with_the_cache_ends_with_the_same_weights(clips, tiny_models, 
     folder = tmp_path / "cache"
 
     def run(out: str, *overrides: str) -> dict[str, torch.Tensor]:
-        train.main(
+        loop.main(
             [
                 str(REPO / "configs" / "tiny.yaml"),
                 f"model.whisper_path={tiny_models.whisper}",

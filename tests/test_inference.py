@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import inference
-from whisper_llada.results import MERGED_NAME
+from whisper_llada.evaluation.results import MERGED_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 # A fast decode: 16 MASK slots in two semi-AR blocks.
@@ -274,8 +274,8 @@ def test_a_moved_test_set_resumes_and_a_first_pass_the_mode_ignores_may_change(
 def test_a_checkpoint_replaced_at_the_same_path_is_refused(
     tiny_models, test_set, tiny_config, tmp_path
 ):
-    from whisper_llada.build import build_model
-    from whisper_llada.checkpoint import save_checkpoint
+    from whisper_llada.models.build import build_model
+    from whisper_llada.models.checkpoint import save_checkpoint
 
     lines = first_lines(test_set, 2)
     manifest = write_lines(tmp_path / "test.jsonl", lines)
@@ -298,9 +298,9 @@ def test_a_checkpoint_replaced_at_the_same_path_is_refused(
 def test_decoding_with_other_inputs_than_the_checkpoint_was_trained_with_is_refused(
     tiny_models, test_set, tiny_config, tmp_path
 ):
-    from whisper_llada.build import build_model
-    from whisper_llada.checkpoint import save_checkpoint
     from whisper_llada.config import to_dict
+    from whisper_llada.models.build import build_model
+    from whisper_llada.models.checkpoint import save_checkpoint
 
     cfg = tiny_config("audio.pad_to_30s=false")
     torch.manual_seed(0)
@@ -350,7 +350,7 @@ def test_a_clip_cut_at_max_seconds_is_recorded_and_counted(tiny_models, test_set
 def test_bad_decode_settings_stop_before_the_model_is_built(
     tiny_models, test_set, tmp_path, monkeypatch, overrides, message
 ):
-    from whisper_llada import transcribe
+    from whisper_llada.evaluation import transcribe
 
     monkeypatch.setattr(transcribe, "build_model", lambda *a, **k: pytest.fail("model built"))
     with pytest.raises(SystemExit, match=f"decode settings: .*{message}"):
@@ -358,7 +358,7 @@ def test_bad_decode_settings_stop_before_the_model_is_built(
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused(tiny_models, test_set, tmp_path):
-    from whisper_llada.results import lock_results_folder
+    from whisper_llada.evaluation.results import lock_results_folder
 
     out = tmp_path / "out"
     held = lock_results_folder(out)  # as the first run's main process holds it
@@ -370,7 +370,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tiny_models, test_set, tmp
 
 
 def test_a_folder_decoded_twice_merges_once_or_says_how_to_recover(uninterrupted, tmp_path):
-    from whisper_llada.results import merge_shards
+    from whisper_llada.evaluation.results import merge_shards
 
     folder = tmp_path / "twice"
     folder.mkdir()

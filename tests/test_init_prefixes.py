@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import (
+from whisper_llada.config import to_dict
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import (
     CheckpointError,
     read_checkpoint,
     save_checkpoint,
     write_checkpoint,
 )
-from whisper_llada.config import to_dict
+from whisper_llada.training import loop
 
 SEED = 3
 TRAIN_ALL = ("model.train_encoder=true", "model.train_llm=true", "model.lora.r=0")
@@ -36,7 +36,7 @@ def llada_checkpoint(tiny_config, tmp_path_factory) -> Path:
 
 
 def build(cfg):
-    return train.build_trainable_model(cfg, CPU, None, announce=True)[0]
+    return loop.build_trainable_model(cfg, CPU, None, announce=True)[0]
 
 
 def test_only_the_tensors_under_the_prefixes_are_loaded(llada_checkpoint, tiny_ar_config, capsys):
@@ -128,7 +128,7 @@ def test_a_frozen_target_and_another_shape_are_named(llada_checkpoint, tiny_ar_c
 
 def test_prefixes_need_a_checkpoint(tiny_ar_config):
     with pytest.raises(SystemExit) as stopped:
-        train.check_config(
+        loop.check_config(
             tiny_ar_config("data.train_manifests=[x.jsonl]", "train.init_prefixes=[encoder.]")
         )
     assert str(stopped.value) == (

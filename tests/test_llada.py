@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from whisper_llada.llada import LLADA_8B, LLaDAConfig, LLaDAModelLM
-from whisper_llada.llada_checkpoint import load_llada, save_llada
-from whisper_llada.tiny_models import write_tiny_llada
+from whisper_llada.models.llada import LLADA_8B, LLaDAConfig, LLaDAModelLM
+from whisper_llada.models.llada_checkpoint import load_llada, save_llada
+from whisper_llada.models.tiny_models import write_tiny_llada
 
 # LLaDA-8B-Instruct facts (reference notes): sizes, and the exact parameter count they give.
 WIDTH, MLP, ROWS, LAYERS = 4096, 12288, 126464, 32

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
 
-from whisper_llada.audio import SAMPLE_RATE, AudioError, load_audio
-from whisper_llada.batching import make_batches, shard
-from whisper_llada.manifest import (
+from whisper_llada.data.audio import SAMPLE_RATE, AudioError, load_audio
+from whisper_llada.data.batching import make_batches, shard
+from whisper_llada.data.manifest import (
     ManifestError,
     Utterance,
     load_wave,

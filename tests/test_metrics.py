@@ -9,8 +9,7 @@ import random
 import jiwer
 import pytest
 
-from whisper_llada import atomic_write
-from whisper_llada.metrics import (
+from whisper_llada.evaluation.metrics import (
     Alignment,
     WerSummary,
     align,
@@ -20,6 +19,7 @@ from whisper_llada.metrics import (
     write_recogs,
     write_wer,
 )
+from whisper_llada.utils import atomic_write
 
 # Words the normaliser leaves as they are (no numbers, spellings or fillers it would rewrite).
 VOCABULARY = ("cat", "dog", "bird", "tree", "river", "stone", "light", "house", "green", "blue")

@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 import torch
 
-from whisper_llada.audio import batch_features
-from whisper_llada.build import build_model, merge_lora
-from whisper_llada.objective import SpeechBatch, training_loss
-from whisper_llada.prompt import text_ids
+from whisper_llada.data.audio import batch_features
+from whisper_llada.data.training_data import SpeechBatch
+from whisper_llada.models.build import build_model, merge_lora
+from whisper_llada.models.prompt import text_ids
+from whisper_llada.training.objective import training_loss
 
 ALIGNED = ("model.answer_positions=audio_aligned", "model.audio_vectors_per_token=2.5")
 
@@ -213,7 +214,7 @@ def test_merged_lora_gives_the_same_logits(built, speech):
 
 
 def test_show_drafts_fills_masked_slots_of_chosen_rows_with_the_draft():
-    from whisper_llada.objective import show_drafts
+    from whisper_llada.training.objective import show_drafts
 
     mask = 9
     noisy = torch.tensor([[1, mask, mask, mask], [5, mask, 7, mask]])
@@ -225,7 +226,7 @@ def test_show_drafts_fills_masked_slots_of_chosen_rows_with_the_draft():
 
 
 def test_align_drafts_lays_each_draft_token_on_the_transcript_slot_it_aligns_with():
-    from whisper_llada.objective import align_drafts
+    from whisper_llada.training.objective import align_drafts
 
     mask = 9
     drafts = [[1, 3, 4], [5, 6, 7, 8], [], [2, 2]]
@@ -246,7 +247,7 @@ def test_edit_distance_drafts_show_the_aligned_token_where_position_drafts_shift
     seen = []
     original = model.answer_logits
     model.answer_logits = lambda audio, noisy: seen.append(noisy) or original(audio, noisy)
-    ctc_decode = "whisper_llada.objective.ctc_greedy_decode"
+    ctc_decode = "whisper_llada.training.objective.ctc_greedy_decode"
     drafts = [draft] + [[] for _ in batch.text_ids[1:]]
     loss_cfg = dataclasses.replace(cfg.loss, draft_prob=1.0, full_mask_prob=1.0)
     with pytest.MonkeyPatch.context() as patch, torch.no_grad():

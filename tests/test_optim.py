@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from whisper_llada.build import build_model
 from whisper_llada.config import TrainConfig
-from whisper_llada.optim import build_optimizer, decays, lr_at, parameter_groups
+from whisper_llada.models.build import build_model
+from whisper_llada.training.optim import build_optimizer, decays, lr_at, parameter_groups
 
 QFORMER_LAYER_MATRICES = (
     "attention.self.query",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from whisper_llada.projector import ConvAdapter, FrameStackMLP, RMSNormedProjector
-from whisper_llada.qformer import WindowQFormer
+from whisper_llada.models.projector import ConvAdapter, FrameStackMLP, RMSNormedProjector
+from whisper_llada.models.qformer import WindowQFormer
 
 ENC = 16  # tiny encoder width
 LLM = 8  # tiny LLM width

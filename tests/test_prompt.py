@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from whisper_llada.llada import LLaDAConfig
-from whisper_llada.prompt import (
+from whisper_llada.models.llada import LLaDAConfig
+from whisper_llada.models.prompt import (
     BOS_TOKEN,
     END_HEADER_TOKEN,
     EOS_TOKEN,
@@ -28,7 +28,7 @@ from whisper_llada.prompt import (
     special_tokens,
     text_ids,
 )
-from whisper_llada.tiny_models import write_tiny_llada
+from whisper_llada.models.tiny_models import write_tiny_llada
 
 # The real LLaDA-8B-Instruct ids: the tiny model must not reuse them (nothing hard-coded).
 REAL_SPECIAL_IDS = {126080, 126081, 126336, 126346, 126347, 126348}

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from whisper_llada.build import build_model
 from whisper_llada.config import DecodeConfig
-from whisper_llada.recognize import recognize
+from whisper_llada.decoding.recognize import recognize
+from whisper_llada.models.build import build_model
 
 FAST = {"gen_len": 16, "steps": 8, "block_length": 16, "max_rounds": 6}
 MODES = {

@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from whisper_llada.config import load_config, to_dict
-from whisper_llada.metrics import normalize
-from whisper_llada.result_files import default_name, read_results
-from whisper_llada.results import Record, ShardWriter, merge_shards, shard_path
-from whisper_llada.score import main, score_results
+from whisper_llada.evaluation.metrics import normalize
+from whisper_llada.evaluation.result_files import default_name, read_results
+from whisper_llada.evaluation.results import Record, ShardWriter, merge_shards, shard_path
+from whisper_llada.evaluation.score import main, score_results
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """The shipped demo model on freshly synthesised held-out speech: decode-only, a few utterances.
 
 The model is models/demo, or the directory in $WHISPER_LLADA_DEMO_MODEL (e.g. a model retrained
-with `python -m whisper_llada.demo retrain --out DIR`, which must pass the same checks).
+with `python -m recipes.demo retrain --out DIR`, which must pass the same checks).
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from whisper_llada.checkpoint import read_checkpoint
+from recipes.demo.corpus import DEMO_SEED, demo_corpus_spec
+from recipes.demo.run import model_paths
 from whisper_llada.config import load_config
-from whisper_llada.demo import model_paths
-from whisper_llada.demo_recipe import DEMO_SEED, demo_corpus_spec
-from whisper_llada.encoder import load_whisper_encoder
-from whisper_llada.encoder_cache import encoder_weights_sha256
-from whisper_llada.manifest import read_manifest
-from whisper_llada.mode_comparison import NEUTRAL_DECODE, decode_mode, standard_modes
-from whisper_llada.speech_synthesis import synthesize
-from whisper_llada.synthetic_corpus import plan_utterances
-from whisper_llada.transcribe import load_decoder
+from whisper_llada.data.manifest import read_manifest
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.data.synthetic_corpus import plan_utterances
+from whisper_llada.evaluation.mode_comparison import NEUTRAL_DECODE, decode_mode, standard_modes
+from whisper_llada.evaluation.transcribe import load_decoder
+from whisper_llada.models.checkpoint import read_checkpoint
+from whisper_llada.models.encoder import encoder_weights_sha256, load_whisper_encoder
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = Path(os.environ.get("WHISPER_LLADA_DEMO_MODEL", REPO / "models" / "demo"))

@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 from lhotse.recipes import prepare_librispeech
 
-from whisper_llada import sentences as sentence_module
-from whisper_llada import synthetic_corpus
-from whisper_llada.sentences import SentenceGenerator
-from whisper_llada.speech_synthesis import synthesize
-from whisper_llada.synthetic_corpus import (
+from whisper_llada.data import sentences as sentence_module
+from whisper_llada.data import synthetic_corpus
+from whisper_llada.data.sentences import SentenceGenerator
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.data.synthetic_corpus import (
     MARKER_NAME,
     UTTERANCES_NAME,
     build_synthetic_corpus,

@@ -17,18 +17,17 @@ import soundfile as sf
 import torch
 from lhotse import AudioSource, CutSet, MonoCut, Recording, SupervisionSegment
 
-import train
-from whisper_llada import train_run
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import (
+from whisper_llada.config import load_config
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_trainable_state,
     read_checkpoint,
 )
-from whisper_llada.config import load_config
-from whisper_llada.speech_synthesis import synthesize
-from whisper_llada.train_state import load_training_state, weights_checksum
+from whisper_llada.training import loop, train_run
+from whisper_llada.training.train_state import load_training_state, weights_checksum
 
 REPO = Path(__file__).resolve().parent.parent
 SENTENCES = (
@@ -122,7 +121,7 @@ def test_a_tiny_run_lowers_the_validation_loss(tiny_models, corpus, tmp_path):
         "train.tensorboard=true",
         "train.valid_wer_utterances=2",
     )
-    progress = train.main(args)
+    progress = loop.main(args)
     assert (progress.step, progress.bad_steps) == (16, 0)
     valid = log_entries(out, "valid_loss")
     assert [step for step, _ in valid] == [0, 8, 16]
@@ -152,17 +151,17 @@ def test_a_resumed_run_reaches_the_uninterrupted_weights(tiny_models, corpus, tm
         "data.num_workers=1",
     )
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train.main(arguments(tiny_models, corpus, straight, *recipe))
-    first = train.main([*arguments(tiny_models, corpus, resumed, *recipe), "--stop-at", "3"])
+    loop.main(arguments(tiny_models, corpus, straight, *recipe))
+    first = loop.main([*arguments(tiny_models, corpus, resumed, *recipe), "--stop-at", "3"])
     assert first.step == 3 and adam_steps(resumed) == {3}
-    second = train.main(arguments(tiny_models, corpus, resumed, *recipe))
+    second = loop.main(arguments(tiny_models, corpus, resumed, *recipe))
     assert second.step == 6 and adam_steps(straight) == adam_steps(resumed) == {6}
     weights, _, meta = read_checkpoint(straight / "last" / "model.safetensors")
     again, _, meta_again = read_checkpoint(resumed / "last" / "model.safetensors")
     assert weights.keys() == again.keys()
     assert all(torch.equal(weights[k], again[k]) for k in weights)
     assert meta == meta_again  # step, checksums and the step-6 validation loss
-    finished = train.main(arguments(tiny_models, corpus, straight, *recipe))  # nothing left to do
+    finished = loop.main(arguments(tiny_models, corpus, straight, *recipe))  # nothing left to do
     assert (finished.step, finished.best_valid_loss) == (6, second.best_valid_loss)
     with pytest.raises(
         ValueError, match=r"saved by 1 processes, this run has 2: .* --nproc_per_node=1"
@@ -195,7 +194,7 @@ def test_two_torchrun_processes_end_with_identical_weights(tiny_models, corpus, 
 
 def nan_at(calls: set[int] | None):
     """A training_loss whose total is NaN on the given call numbers (all calls when None)."""
-    real = train.training_loss
+    real = loop.training_loss
     counter = itertools.count()
 
     def loss(*args, **kwargs):
@@ -210,10 +209,10 @@ def nan_at(calls: set[int] | None):
 def test_a_nan_loss_skips_the_update_and_saves_the_batch(
     tiny_models, corpus, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(train, "training_loss", nan_at({1}))
+    monkeypatch.setattr(loop, "training_loss", nan_at({1}))
     out = tmp_path / "nan"
     with pytest.warns(UserWarning, match=r"1 update\(s\) in a row .* \(after 1 updates\)"):
-        progress = train.main(arguments(tiny_models, corpus, out, "train.max_steps=3", valid=False))
+        progress = loop.main(arguments(tiny_models, corpus, out, "train.max_steps=3", valid=False))
     assert (progress.step, progress.bad_steps, progress.bad_steps_in_a_row) == (3, 1, 0)
     assert adam_steps(out) == {3}  # three updates from four batches
     (saved,) = (out / "bad_batches").iterdir()
@@ -225,7 +224,7 @@ def test_a_nan_loss_skips_the_update_and_saves_the_batch(
 
 
 def test_nan_losses_in_a_row_stop_the_run(tiny_models, corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "training_loss", nan_at(None))
+    monkeypatch.setattr(loop, "training_loss", nan_at(None))
     out = tmp_path / "nans"
     args = arguments(
         tiny_models, corpus, out, "train.max_steps=3", "train.max_bad_steps=2", valid=False
@@ -237,7 +236,7 @@ def test_nan_losses_in_a_row_stop_the_run(tiny_models, corpus, tmp_path, monkeyp
             match=r"2 update\(s\) in a row had a non-finite loss or gradient \(after 0 updates\)",
         ),
     ):
-        train.main(args)
+        loop.main(args)
     assert sorted(p.name for p in (out / "bad_batches").iterdir()) == [
         "step-00000000-bad1-rank0-micro0.pt",
         "step-00000000-bad2-rank0-micro0.pt",
@@ -246,7 +245,7 @@ def test_nan_losses_in_a_row_stop_the_run(tiny_models, corpus, tmp_path, monkeyp
 
 def test_stage_two_starts_from_a_stage_one_checkpoint(tiny_models, corpus, tmp_path, tiny_config):
     stage1 = tmp_path / "stage1"
-    train.main(
+    loop.main(
         arguments(
             tiny_models,
             corpus,
@@ -274,7 +273,7 @@ def test_stage_two_starts_from_a_stage_one_checkpoint(tiny_models, corpus, tmp_p
     ):
         load_trainable_state(model, without_linear, source="partial", allow_missing_lora=True)
     stage2 = tmp_path / "stage2"
-    train.main(
+    loop.main(
         arguments(
             tiny_models,
             corpus,
@@ -295,7 +294,7 @@ def test_stage_two_starts_from_a_stage_one_checkpoint(tiny_models, corpus, tmp_p
 def test_a_run_without_training_data_says_what_to_set(tiny_models, corpus, tmp_path):
     args = arguments(tiny_models, corpus, tmp_path / "none", "data.train_manifests=[]")
     with pytest.raises(SystemExit, match=r"set data\.train_manifests"):
-        train.main(args)
+        loop.main(args)
 
 
 @pytest.mark.parametrize(
@@ -307,7 +306,7 @@ def test_a_run_without_training_data_says_what_to_set(tiny_models, corpus, tmp_p
     ],
 )
 def test_flags_and_overrides_come_in_any_order(argv):
-    args = train.parse_args(argv)
+    args = loop.parse_args(argv)
     assert (args.config, args.stop_at) == (Path("c.yaml"), 12)
     assert args.overrides == ["train.lr=1e-3", "data.max_cuts=4"]
 
@@ -317,10 +316,10 @@ def test_a_resume_after_a_kill_between_log_and_checkpoint_logs_each_step_once(
 ):
     out = tmp_path / "run"
     recipe = ("train.max_steps=4", "train.save_every=2", "train.valid_every=2")
-    train.main([*arguments(tiny_models, corpus, out, *recipe), "--stop-at", "2"])
+    loop.main([*arguments(tiny_models, corpus, out, *recipe), "--stop-at", "2"])
     kept = tmp_path / "step-2"
     shutil.copytree(out / "checkpoints" / "step-00000002", kept)
-    train.main(arguments(tiny_models, corpus, out, *recipe))
+    loop.main(arguments(tiny_models, corpus, out, *recipe))
     # As if killed after logging steps 3-4 but before their checkpoint: back to step 2.
     shutil.rmtree(out / "checkpoints")
     shutil.copytree(kept, out / "checkpoints" / "step-00000002")
@@ -328,7 +327,7 @@ def test_a_resume_after_a_kill_between_log_and_checkpoint_logs_each_step_once(
     (out / "last").symlink_to("checkpoints/step-00000002")
     with (out / "log.jsonl").open("a") as log:
         log.write('{"step": 4, "loss": ')  # and one line torn by the kill
-    train.main(arguments(tiny_models, corpus, out, *recipe))
+    loop.main(arguments(tiny_models, corpus, out, *recipe))
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(steps) and [s for s, _ in log_entries(out, "valid_loss")] == [0, 2, 4]
     assert [s for s, _ in log_entries(out, "loss")] == [2, 4]
@@ -337,20 +336,20 @@ def test_a_resume_after_a_kill_between_log_and_checkpoint_logs_each_step_once(
 def test_a_resume_with_another_recipe_is_refused_unless_asked(tiny_models, corpus, tmp_path):
     out = tmp_path / "run"
     recipe = ("train.max_steps=4", "train.save_every=2", "train.valid_every=2")
-    train.main([*arguments(tiny_models, corpus, out, *recipe), "--stop-at", "2"])
+    loop.main([*arguments(tiny_models, corpus, out, *recipe), "--stop-at", "2"])
     first = (out / "config.yaml").read_text()
     changed = arguments(tiny_models, corpus, out, *recipe, "train.lr=5e-4", "audio.pad_to_30s=true")
     with pytest.raises(
         SystemExit,
         match=r"up to step 2 with another recipe \(audio\.pad_to_30s, train\.lr changed\)",
     ):
-        train.main(changed)
+        loop.main(changed)
     assert (out / "config.yaml").read_text() == first and adam_steps(out) == {2}
     longer = arguments(
         tiny_models, corpus, out, "train.max_steps=3", "train.save_every=2", "train.valid_every=2"
     )
-    assert train.main([*longer, "--stop-at", "3"]).step == 3  # a longer run is the same recipe
-    progress = train.main([*changed, "--allow-config-change"])
+    assert loop.main([*longer, "--stop-at", "3"]).step == 3  # a longer run is the same recipe
+    progress = loop.main([*changed, "--allow-config-change"])
     assert progress.step == 4
     assert (out / "config-step00000003.yaml").read_text() != (out / "config.yaml").read_text()
     assert load_config(out / "config.yaml").train.lr == 5e-4

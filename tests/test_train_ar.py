@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import train
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import load_checkpoint, read_checkpoint
-from whisper_llada.speech_synthesis import synthesize
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import load_checkpoint, read_checkpoint
+from whisper_llada.training import loop
 
 REPO = Path(__file__).resolve().parent.parent
 SENTENCES = ("the cat sat on the mat", "a dog ran home", "we go out at night", "she read a book")
@@ -72,7 +72,7 @@ def test_a_tiny_ar_model_trains_with_train_py(tiny_models, tiny_llama, corpus, t
         f"train.output_dir={out}",
         *RECIPE,
     ]
-    progress = train.main(args)
+    progress = loop.main(args)
     assert (progress.step, progress.bad_steps) == (12, 0)
     entries = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     valid = [(e["step"], e["valid_loss"]) for e in entries if "valid_loss" in e]
@@ -86,6 +86,6 @@ def test_a_tiny_ar_model_trains_with_train_py(tiny_models, tiny_llama, corpus, t
     assert meta == {"step": 12, "valid_loss": valid[-1][1]}
     assert config["model"]["llm"] == "llama"
     assert {k.split(".")[0] for k in weights} == {"projector", "llama"}
-    model, _ = build_model(train.load_config(args[0], args[1:]).model)
+    model, _ = build_model(loop.load_config(args[0], args[1:]).model)
     load_checkpoint(model, out / "best.safetensors")
     assert all(torch.equal(p, weights[n]) for n, p in model.trainable_parameters().items())

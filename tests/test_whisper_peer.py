@@ -9,10 +9,11 @@ import torch
 import whisper
 from whisper.model import ModelDimensions
 
-from whisper_llada import demo, whisper_peer
-from whisper_llada.manifest import Utterance, load_wave
-from whisper_llada.results import MERGED_NAME, read_records
-from whisper_llada.speech_synthesis import synthesize
+from recipes.demo import run as demo
+from recipes.demo import whisper_peer
+from whisper_llada.data.manifest import Utterance, load_wave
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.evaluation.results import MERGED_NAME, read_records
 
 TEXTS = ("the cat sat", "seven purple kites", "a quiet harbour at night")
 # A random English-vocabulary Whisper, as small as openai-whisper allows.

@@ -19,7 +19,6 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from whisper_llada.audio import CHUNK_SECONDS
 from whisper_llada.config_paths import PathStr, absolute_under, map_paths, path_keys
 from whisper_llada.model_parts_config import (
     ConvAdapterConfig,
@@ -28,6 +27,8 @@ from whisper_llada.model_parts_config import (
     LoraConfig,
     QFormerConfig,
 )
+
+CHUNK_SECONDS = 30  # Whisper's fixed input length: the audio section's bound (data.audio's window)
 
 
 class ConfigError(ValueError):

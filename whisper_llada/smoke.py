@@ -14,15 +14,16 @@ from pathlib import Path
 
 import torch
 
-from whisper_llada.audio import batch_features, load_audio
-from whisper_llada.build import build_model
-from whisper_llada.checkpoint import load_checkpoint, save_checkpoint
 from whisper_llada.config import Config, load_config, to_dict
-from whisper_llada.ctc import ctc_greedy_decode
-from whisper_llada.objective import SpeechBatch, training_loss
-from whisper_llada.prompt import decode_text, text_ids
-from whisper_llada.speech_synthesis import synthesize
-from whisper_llada.tiny_models import write_tiny_llada, write_tiny_whisper
+from whisper_llada.data.audio import batch_features, load_audio
+from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.data.training_data import SpeechBatch
+from whisper_llada.models.build import build_model
+from whisper_llada.models.checkpoint import load_checkpoint, save_checkpoint
+from whisper_llada.models.ctc import ctc_greedy_decode
+from whisper_llada.models.prompt import decode_text, text_ids
+from whisper_llada.models.tiny_models import write_tiny_llada, write_tiny_whisper
+from whisper_llada.training.objective import training_loss
 
 SENTENCES = (
     ("the quick brown fox jumps over the lazy dog", "en-us", 160),

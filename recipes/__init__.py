@@ -1,0 +1,1 @@
+"""Recipes: experiments built on the library (which never imports them)."""

@@ -1,0 +1,5 @@
+"""`python -m recipes.demo [retrain | retrain-ar] ...`: see recipes/demo/run.py."""
+
+from recipes.demo.run import main
+
+main()
