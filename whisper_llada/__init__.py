@@ -4,3 +4,15 @@ Dimension legend used in every shape comment of the package:
     B batch, T mel frames, F encoder frames, A audio vectors, L text tokens,
     D width, V vocabulary, H heads.
 """
+
+__all__ = ["Recognizer", "Transcript", "load_model"]
+
+
+def __getattr__(name: str):
+    """`from whisper_llada import load_model`: the API (whisper_llada.api), imported when first
+    asked for, so that `import whisper_llada.config` does not load torch and the models."""
+    if name in __all__:
+        from whisper_llada import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'whisper_llada' has no attribute {name!r}")

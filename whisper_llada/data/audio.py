@@ -1,13 +1,11 @@
 """Audio front end: any audio file to 16 kHz mono, and Whisper's log-mel features.
 
 Reading goes through soundfile (no ffmpeg binary needed) and soxr for resampling; the log-mel
-features reproduce openai-whisper's `log_mel_spectrogram` operation for operation, with the mel
-filterbank taken from the openai-whisper package itself.
+features are openai-whisper's own `log_mel_spectrogram`, behind this project's input checks.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from collections.abc import Sequence
@@ -18,7 +16,7 @@ import soundfile as sf
 import soxr
 import torch
 import torch.nn.functional as F
-from whisper.audio import mel_filters
+import whisper
 
 from whisper_llada.config import CHUNK_SECONDS
 
@@ -32,10 +30,6 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a 30 s chunk
 MAX_SAMPLE_PEAK = 2.0
 
 SUPPORTED_N_MELS = (80, 128)  # 80 bins for Whisper v1/v2, 128 for large-v3
-LOG_FLOOR = 1e-10  # power floor before log10, so silence gives -10 instead of -inf
-DYNAMIC_RANGE = 8.0  # log10 units kept below each utterance's maximum (80 dB)
-LOG_OFFSET = 4.0  # (log_spec + 4) / 4 maps Whisper's log-mel range to roughly [-1, 1]
-LOG_SCALE = 4.0
 # torch.stft(center=True) reflect-pads n_fft // 2 samples on each side, which needs a longer input.
 MIN_SAMPLES = N_FFT // 2 + 1  # 201 samples, about 12.6 ms
 # The encoder's second conv has stride 2, so true-length inputs carry an even frame count.
@@ -134,17 +128,11 @@ def _limit_duration(
     return wave[:max_samples]
 
 
-@functools.cache
-def _hann_window(device: torch.device) -> torch.Tensor:
-    """Periodic Hann window (N_FFT,), built once per device (never modified in place)."""
-    return torch.hann_window(N_FFT, device=device)
-
-
 def log_mel_spectrogram(audio: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
     """Whisper's log-mel features of one utterance, equal to `whisper.log_mel_spectrogram`.
 
     STFT with a Hann window (the last frame dropped), power, mel filterbank, log10 of the
-    power floored at LOG_FLOOR, clamped to (max - DYNAMIC_RANGE), then (x + 4) / 4. The
+    power floored at 1e-10, clamped to 8 below its maximum (80 dB), then (x + 4) / 4. The
     maximum is this utterance's, so padding a clip changes its features.
 
     Args:
@@ -169,15 +157,7 @@ def log_mel_spectrogram(audio: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
             f"audio has {audio.shape[0]} samples, fewer than the {MIN_SAMPLES} the STFT needs; "
             "pad short clips (batch_features(min_seconds=...) does)"
         )
-    audio = audio.to(torch.float32)
-    window = _hann_window(audio.device)
-    stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)
-    power = stft[..., :-1].abs() ** 2  # (N_FFT // 2 + 1, T): the last frame is dropped
-    # openai-whisper caches the filterbank per (device, n_mels) itself.
-    mel = mel_filters(audio.device, n_mels) @ power  # (n_mels, T)
-    log_mel = torch.clamp(mel, min=LOG_FLOOR).log10()
-    log_mel = torch.maximum(log_mel, log_mel.max() - DYNAMIC_RANGE)
-    return (log_mel + LOG_OFFSET) / LOG_SCALE
+    return whisper.log_mel_spectrogram(audio.to(torch.float32), n_mels)
 
 
 def batch_features(

@@ -38,8 +38,8 @@ from whisper_llada.utils.distributed import barrier, device_for, init_distribute
 from whisper_llada.utils.file_hash import file_sha256
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
