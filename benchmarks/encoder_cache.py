@@ -31,7 +31,8 @@ from whisper_llada.config import load_config
 from whisper_llada.data.audio import batch_features
 from whisper_llada.data.encoder_cache import EncoderOutputCache
 from whisper_llada.data.manifest import load_wave
-from whisper_llada.data.training_data import SpeechBatch, cut_utterance
+from whisper_llada.data.training_cuts import cut_utterance
+from whisper_llada.data.training_data import SpeechBatch
 from whisper_llada.models.build import build_model
 from whisper_llada.models.prompt import text_ids
 from whisper_llada.training.objective import training_loss

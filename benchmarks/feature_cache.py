@@ -27,7 +27,8 @@ from lhotse import CutSet
 from whisper_llada.config import AudioConfig, load_config
 from whisper_llada.data.manifest import Utterance
 from whisper_llada.data.speech_synthesis import DEFAULT_RATES_WPM, DEFAULT_VOICES, synthesize
-from whisper_llada.data.training_data import SpeechDataset, utterance_cuts
+from whisper_llada.data.training_cuts import utterance_cuts
+from whisper_llada.data.training_data import SpeechDataset
 from whisper_llada.models.prompt import load_tokenizer
 from whisper_llada.smoke import ensure_tiny_models
 

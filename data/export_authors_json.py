@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from whisper_llada.data.corpora import CorpusError, export_authors_json
+from whisper_llada.data.authors_json import export_authors_json
+from whisper_llada.data.corpora import CorpusError
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,15 +15,12 @@ import argparse
 import logging
 
 from whisper_llada.data.corpora import (
-    CASINGS,
     COMMONVOICE_DEFAULT_SPLITS,
     COMMONVOICE_SPLITS,
-    LIBRISPEECH_STYLE,
-    PUNCTUATIONS,
     CorpusError,
-    TextPolicy,
     prepare_commonvoice,
 )
+from whisper_llada.data.text_policy import CASINGS, LIBRISPEECH_STYLE, PUNCTUATIONS, TextPolicy
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from whisper_llada.data.corpora import (
+from whisper_llada.data.corpora import LIBRISPEECH_PARTS, CorpusError, prepare_librispeech
+from whisper_llada.data.text_policy import (
     CASINGS,
-    LIBRISPEECH_PARTS,
     LIBRISPEECH_TEXT_POLICY,
     PUNCTUATIONS,
-    CorpusError,
     TextPolicy,
-    prepare_librispeech,
 )
 
 

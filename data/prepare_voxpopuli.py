@@ -16,15 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from whisper_llada.data.corpora import (
-    CASINGS,
-    LIBRISPEECH_STYLE,
-    PUNCTUATIONS,
-    VOXPOPULI_SPLITS,
-    CorpusError,
-    TextPolicy,
-    prepare_voxpopuli,
-)
+from whisper_llada.data.corpora import VOXPOPULI_SPLITS, CorpusError, prepare_voxpopuli
+from whisper_llada.data.text_policy import CASINGS, LIBRISPEECH_STYLE, PUNCTUATIONS, TextPolicy
 
 
 def main(argv: list[str] | None = None) -> None:

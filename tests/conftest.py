@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from recipes.demo import whisper_peer
 from whisper_llada.config import Config, load_config
 from whisper_llada.data.audio import load_audio
 from whisper_llada.data.speech_synthesis import synthesize
@@ -84,13 +83,3 @@ def speech(tmp_path_factory) -> list[tuple[object, str]]:
         (load_audio(synthesize(text, root / f"u{i}.flac", voice=voice, rate_wpm=rate)), text)
         for i, (text, voice, rate) in enumerate(UTTERANCES)
     ]
-
-
-@pytest.fixture(autouse=True, scope="session")
-def no_default_whisper_peer(tmp_path_factory):
-    """The demo's peer row only where a test asks for it (setup.sh converts tiny.en in the
-    repository, which the demo would otherwise pick up by default)."""
-    with pytest.MonkeyPatch.context() as patch:
-        missing = tmp_path_factory.mktemp("no_whisper") / "tiny.en.pt"
-        patch.setattr(whisper_peer, "DEFAULT_CHECKPOINT", missing)
-        yield

@@ -18,17 +18,15 @@ from lhotse.recipes import librispeech as librispeech_recipe
 from lhotse.recipes import voxpopuli as voxpopuli_recipe
 
 from whisper_llada.data import corpora
+from whisper_llada.data.authors_json import export_authors_json
 from whisper_llada.data.corpora import (
-    LIBRISPEECH_STYLE,
     CorpusError,
-    TextPolicy,
-    apply_text_policy,
-    export_authors_json,
     prepare_commonvoice,
     prepare_librispeech,
     prepare_voxpopuli,
 )
 from whisper_llada.data.manifest import read_manifest
+from whisper_llada.data.text_policy import LIBRISPEECH_STYLE, TextPolicy, apply_text_policy
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RATE = 16000

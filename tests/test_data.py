@@ -16,12 +16,12 @@ from whisper_llada.config import AudioConfig, DataConfig
 from whisper_llada.data.audio import AudioError, batch_features, load_audio
 from whisper_llada.data.manifest import ManifestError
 from whisper_llada.data.speech_synthesis import synthesize
+from whisper_llada.data.training_cuts import read_cuts
 from whisper_llada.data.training_data import (
     ResumableSampler,
     SpeechDataset,
     bucketing_sampler,
     data_loader,
-    read_cuts,
     validation_batches,
 )
 from whisper_llada.models.prompt import load_tokenizer, text_ids

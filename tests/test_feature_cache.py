@@ -20,7 +20,8 @@ from whisper_llada.data.audio import AudioError, batch_features
 from whisper_llada.data.feature_cache import FeatureCache, stack_features, utterance_features
 from whisper_llada.data.manifest import Utterance, load_wave
 from whisper_llada.data.speech_synthesis import synthesize
-from whisper_llada.data.training_data import SpeechDataset, cut_utterance
+from whisper_llada.data.training_cuts import cut_utterance
+from whisper_llada.data.training_data import SpeechDataset
 from whisper_llada.models.checkpoint import read_checkpoint
 from whisper_llada.models.prompt import load_tokenizer
 from whisper_llada.training import loop

@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from whisper_llada.models.llada import LLADA_8B, LLaDAConfig, LLaDAModelLM
+from whisper_llada.models.llada import LLaDAModelLM
 from whisper_llada.models.llada_checkpoint import load_llada, save_llada
+from whisper_llada.models.llada_config import LLADA_8B, LLaDAConfig
 from whisper_llada.models.tiny_models import write_tiny_llada
 
 # LLaDA-8B-Instruct facts (reference notes): sizes, and the exact parameter count they give.

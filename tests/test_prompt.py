@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from whisper_llada.models.llada import LLaDAConfig
+from whisper_llada.models.llada_config import LLaDAConfig
 from whisper_llada.models.prompt import (
     BOS_TOKEN,
     END_HEADER_TOKEN,

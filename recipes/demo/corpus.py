@@ -23,7 +23,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from whisper_llada.data.corpora import LIBRISPEECH_TEXT_POLICY, prepare_librispeech
+from whisper_llada.data.corpora import prepare_librispeech
 from whisper_llada.data.sentences import SentenceGenerator
 from whisper_llada.data.speech_synthesis import DEFAULT_VOICES
 from whisper_llada.data.synthetic_corpus import (
@@ -32,6 +32,7 @@ from whisper_llada.data.synthetic_corpus import (
     build_synthetic_corpus,
     corpus_spec,
 )
+from whisper_llada.data.text_policy import LIBRISPEECH_TEXT_POLICY
 from whisper_llada.models.tiny_models import write_tiny_llada, write_tiny_llama
 
 DEMO_SEED = 2026

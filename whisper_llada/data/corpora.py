@@ -15,7 +15,8 @@ so an interrupted preparation is redone rather than half used.
 Target text: LibriSpeech's transcripts are upper case without punctuation, and Whisper-LLaDA was
 trained on them as they are, so LibriSpeech's default policy keeps its text unchanged. VoxPopuli
 and Common Voice default to the same convention (upper case, punctuation stripped), so mixed
-training data shares one target style; pass another `TextPolicy` to change that.
+training data shares one target style; pass another `TextPolicy` (`text_policy`) to change that.
+`authors_json` writes prepared whole-file cuts in the authors' annotation JSON.
 """
 
 from __future__ import annotations
@@ -26,30 +27,26 @@ import logging
 import os
 import shutil
 import tempfile
-import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from lhotse import CutSet, MonoCut
+from lhotse import CutSet
 from lhotse.recipes import commonvoice as commonvoice_recipe
 from lhotse.recipes import librispeech as librispeech_recipe
 from lhotse.recipes import voxpopuli as voxpopuli_recipe
 
+from whisper_llada.data.text_policy import (
+    LIBRISPEECH_STYLE,
+    LIBRISPEECH_TEXT_POLICY,
+    TextPolicy,
+    apply_text_policy,
+)
 from whisper_llada.utils.atomic_write import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
-Casing = Literal["upper", "lower", "as_is"]
-Punctuation = Literal["keep", "strip"]
-CASINGS: tuple[Casing, ...] = ("upper", "lower", "as_is")
-PUNCTUATIONS: tuple[Punctuation, ...] = ("keep", "strip")
-APOSTROPHE = "'"
-APOSTROPHE_LOOKALIKES = "’‘ʼ"  # typographic apostrophes, read as "'"
-WORD_JOINERS = "/"  # besides dashes: "either/or" -> "either or"
-DASH_CATEGORY = "Pd"
-PUNCTUATION_CATEGORY_PREFIX = "P"  # Unicode categories Pc Pd Ps Pe Pi Pf Po
 
 LANGUAGE = "en"
 LIBRISPEECH_PARTS = (*librispeech_recipe.LIBRISPEECH, *librispeech_recipe.MINI_LIBRISPEECH)
@@ -64,64 +61,10 @@ COMMONVOICE_REQUIRED_COLUMNS = ("client_id", "path", "sentence")
 # Read by lhotse's recipe, missing from some releases (`variant` arrived in 13.0): filled with "".
 COMMONVOICE_OPTIONAL_COLUMNS = ("age", "gender", "accents", "variant")
 PREPARATION_FORMAT = 1  # bump when the same request would produce different manifests
-WHOLE_FILE_TOLERANCE_SECONDS = 1e-3  # a cut this close to its file's span covers the whole file
 
 
 class CorpusError(Exception):
     """A corpus folder that is missing, laid out otherwise than its recipe expects, or lacking."""
-
-
-@dataclass(frozen=True)
-class TextPolicy:
-    """How supervision texts are rewritten into training targets.
-
-    Attributes:
-        casing: "upper", "lower", or "as_is".
-        punctuation: "keep", or "strip": Unicode punctuation goes, except apostrophes inside
-            words (don't, o'brien); dashes and slashes become spaces; whitespace is collapsed.
-    """
-
-    casing: Casing = "as_is"
-    punctuation: Punctuation = "keep"
-
-    def __post_init__(self) -> None:
-        if self.casing not in CASINGS:
-            raise ValueError(f"casing must be one of {', '.join(CASINGS)}; got {self.casing!r}")
-        if self.punctuation not in PUNCTUATIONS:
-            raise ValueError(
-                f"punctuation must be one of {', '.join(PUNCTUATIONS)}; got {self.punctuation!r}"
-            )
-
-
-LIBRISPEECH_TEXT_POLICY = TextPolicy(casing="as_is", punctuation="keep")
-LIBRISPEECH_STYLE = TextPolicy(casing="upper", punctuation="strip")
-
-
-def apply_text_policy(text: str, policy: TextPolicy) -> str:
-    """`text` rewritten by `policy`; ("as_is", "keep") returns it unchanged."""
-    if policy.punctuation == "strip":
-        text = _strip_punctuation(text)
-    if policy.casing == "upper":
-        return text.upper()
-    if policy.casing == "lower":
-        return text.lower()
-    return text
-
-
-def _strip_punctuation(text: str) -> str:
-    for lookalike in APOSTROPHE_LOOKALIKES:
-        text = text.replace(lookalike, APOSTROPHE)
-    kept = []
-    for i, char in enumerate(text):
-        category = unicodedata.category(char)
-        if char == APOSTROPHE:
-            inside_word = 0 < i < len(text) - 1 and text[i - 1].isalpha() and text[i + 1].isalpha()
-            kept.append(APOSTROPHE if inside_word else "")
-        elif category == DASH_CATEGORY or char in WORD_JOINERS:
-            kept.append(" ")
-        elif not category.startswith(PUNCTUATION_CATEGORY_PREFIX):
-            kept.append(char)
-    return " ".join("".join(kept).split())
 
 
 def cuts_path(output_dir: str | Path, corpus: str, split: str) -> Path:
@@ -382,52 +325,3 @@ def _split_cuts(
             "audio files named by the transcripts exist"
         )
     return CutSet.from_cuts(cuts)
-
-
-def export_authors_json(cuts_path: str | Path, out_json: str | Path) -> Path:
-    """Write a CutSet of whole-file utterances in the authors' annotation format.
-
-    `{"annotation": [{"path": <audio file>, "text": <transcript>}, ...]}`, in the CutSet's order,
-    written atomically. Relative audio paths are made absolute (lhotse reads them from the
-    working directory). Cuts the format cannot express raise a `CorpusError`: segments of longer
-    recordings (VoxPopuli), mixed or transformed (e.g. speed-perturbed) audio, and cuts without
-    exactly one supervision.
-    """
-    annotation = []
-    for cut in CutSet.from_file(cuts_path):
-        annotation.append({"path": _whole_file(cut, cuts_path), "text": _only_text(cut, cuts_path)})
-    text = json.dumps({"annotation": annotation}, indent=1, ensure_ascii=False)
-    return write_text_atomically(out_json, text + "\n")
-
-
-def _whole_file(cut: Any, cuts_path: str | Path) -> str:
-    if not isinstance(cut, MonoCut):
-        raise CorpusError(
-            f"{cuts_path}: cut {cut.id} is a {type(cut).__name__}, not one audio file: the "
-            "authors' format holds a file per utterance"
-        )
-    recording = cut.recording
-    sources = recording.sources if recording is not None else []
-    if len(sources) != 1 or sources[0].type != "file" or recording.transforms:
-        raise CorpusError(
-            f"{cuts_path}: cut {cut.id} is not read from one audio file as it is (no recording, "
-            "several sources, a URL or command, or transforms); the authors' format holds a file"
-        )
-    trimmed = recording.duration - cut.duration
-    if cut.start > WHOLE_FILE_TOLERANCE_SECONDS or abs(trimmed) > WHOLE_FILE_TOLERANCE_SECONDS:
-        raise CorpusError(
-            f"{cuts_path}: cut {cut.id} is a segment ({cut.start:.3f} s + {cut.duration:.3f} s) of "
-            f"the {recording.duration:.3f} s recording {recording.sources[0].source}; the authors' "
-            "format has no start or end, so it holds whole-file corpora only (e.g. LibriSpeech, "
-            "Common Voice; not VoxPopuli): use the cuts themselves instead"
-        )
-    return str(Path(recording.sources[0].source).absolute())
-
-
-def _only_text(cut: MonoCut, cuts_path: str | Path) -> str:
-    if len(cut.supervisions) != 1:
-        raise CorpusError(
-            f"{cuts_path}: cut {cut.id} has {len(cut.supervisions)} supervisions; the authors' "
-            "format holds exactly one text per file"
-        )
-    return cut.supervisions[0].text or ""

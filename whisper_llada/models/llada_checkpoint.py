@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from whisper_llada.models.llada import LLaDAConfig, LLaDAModelLM
+from whisper_llada.models.llada import LLaDAModelLM
+from whisper_llada.models.llada_config import LLaDAConfig
 from whisper_llada.utils.atomic_write import write_atomically, write_text_atomically
 
 CONFIG_FILE = "config.json"

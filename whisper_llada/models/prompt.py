@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # transformers is imported only where a tokenizer is loaded
     from transformers import PreTrainedTokenizerFast
 
-    from whisper_llada.models.llada import LLaDAConfig
+    from whisper_llada.models.llada_config import LLaDAConfig
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"  # also the padding token

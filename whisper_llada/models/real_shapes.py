@@ -17,7 +17,8 @@ from whisper_llada.config import ModelConfig
 from whisper_llada.models.build import apply_lora, build_projector
 from whisper_llada.models.causal_model import WhisperLLaMA
 from whisper_llada.models.ctc import CTCHead
-from whisper_llada.models.llada import LLADA_8B, LLaDAModelLM
+from whisper_llada.models.llada import LLaDAModelLM
+from whisper_llada.models.llada_config import LLADA_8B
 from whisper_llada.models.llama import CausalTokens, llama_lora_target_regex
 from whisper_llada.models.prompt import SpecialTokens
 from whisper_llada.models.speech_llm import WhisperLLaDA

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from whisper_llada.models.llada import LLADA_8B, LLaDAModelLM
+from whisper_llada.models.llada import LLaDAModelLM
 from whisper_llada.models.llada_checkpoint import save_llada
+from whisper_llada.models.llada_config import LLADA_8B
 from whisper_llada.models.llama import (
     BEGIN_OF_TEXT_TOKEN,
     END_OF_TEXT_TOKEN,

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from whisper_llada.config import Config, LossConfig, ModelConfig, load_config, to_dict
 from whisper_llada.data.encoder_cache import EncoderOutputCache
+from whisper_llada.data.training_cuts import read_cuts
 from whisper_llada.data.training_data import (
     ResumableSampler,
     SpeechBatch,
@@ -50,7 +51,6 @@ from whisper_llada.data.training_data import (
     TrainingBatch,
     bucketing_sampler,
     data_loader,
-    read_cuts,
     validation_batches,
 )
 from whisper_llada.evaluation.metrics import score

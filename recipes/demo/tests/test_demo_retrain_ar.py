@@ -26,7 +26,7 @@ from whisper_llada.models.checkpoint import load_checkpoint, read_checkpoint
 from whisper_llada.models.encoder import encoder_weights_sha256, load_whisper_encoder
 from whisper_llada.training import loop
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 TRAIN_UTTERANCES, HELD_OUT = 16, 3
 QUIET = ("train.tensorboard=false",)
 

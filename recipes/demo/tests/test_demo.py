@@ -42,7 +42,7 @@ from whisper_llada.training import launch as train_launch
 from whisper_llada.training import loop
 from whisper_llada.utils.file_hash import file_sha256
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 TRAIN_UTTERANCES, HELD_OUT, LIMIT = 16, 3, 2
 # Short canvases keep the 39 decodes quick (4 slots: the semi-AR modes' 4 blocks of one); `retrain` passes them to the recipe, the export keeps them.
 GEN_LEN = 4

@@ -25,7 +25,7 @@ from whisper_llada.evaluation.transcribe import load_decoder
 from whisper_llada.models.checkpoint import read_checkpoint
 from whisper_llada.models.encoder import encoder_weights_sha256, load_whisper_encoder
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 MODEL = Path(os.environ.get("WHISPER_LLADA_DEMO_MODEL", REPO / "models" / "demo"))
 UTTERANCES = 24  # the first ones of the seen-voice test set
 MAX_CHECKPOINT_BYTES = 20 * 1024**2

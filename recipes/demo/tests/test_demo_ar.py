@@ -29,7 +29,7 @@ from whisper_llada.models.checkpoint import read_checkpoint, write_checkpoint
 from whisper_llada.models.export import export_model
 from whisper_llada.utils.file_hash import file_sha256
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 HELD_OUT, LIMIT, GEN_LEN = 3, 2, 4
 CASCADE = ["AR -> deliberation (low-conf.)", "AR -> prior-guided"]
 LABELS = [*standard_modes(GEN_LEN), AR_MODE, *CASCADE]

@@ -1,1 +1,0 @@
-"""The models: Whisper encoder, projectors, LLaDA and LLaMA, the composite speech LLMs, their builders, checkpoints, exports and weight converters."""
