@@ -11,9 +11,14 @@ import torch
 from torch import Tensor, nn
 
 from whisper_llada.decoding.canvas import DecodeResult, TokenIds
-from whisper_llada.decoding.deliberation import diffusion_deliberation, semi_ar_deliberation
-from whisper_llada.decoding.diffusion import MaskPredictor, diffusion_decode
-from whisper_llada.decoding.prior_guided import prior_guided_decode
+from whisper_llada.decoding.deliberation import (
+    DeliberationOptions,
+    SemiARDeliberationOptions,
+    diffusion_deliberation,
+    semi_ar_deliberation,
+)
+from whisper_llada.decoding.diffusion import DiffusionOptions, MaskPredictor, diffusion_decode
+from whisper_llada.decoding.prior_guided import PriorGuidedOptions, prior_guided_decode
 
 VOCAB = 20
 IDS = TokenIds(mask=3, eos=1, pad=0, eot=2)
@@ -145,8 +150,11 @@ def read_off(canvas: Sequence[int]) -> list[int]:
 
 def decode(predictor: MaskPredictor, batch_size: int, **options: object) -> DecodeResult:
     """diffusion_decode on a GEN_LEN canvas; plain diffusion with GEN_LEN steps unless overridden."""
+    row_seeds = options.pop("row_seeds", None)
     options = {"gen_len": GEN_LEN, "steps": GEN_LEN, "block_length": GEN_LEN, **options}
-    return diffusion_decode(predictor, batch_size, ids=IDS, **options)
+    return diffusion_decode(
+        predictor, batch_size, DiffusionOptions(**options), ids=IDS, row_seeds=row_seeds
+    )
 
 
 # ----------------------------------------------------------------------------- reference sampler
@@ -222,9 +230,18 @@ def test_decode_equals_reference_sampler(
     predictor = TinyPredictor()
     seeds = [11, 12, 13, 14]
     result = diffusion_decode(
-        predictor, 4, ids=IDS, gen_len=GEN_LEN, steps=steps, block_length=block_length,
-        temperature=temperature, remasking=remasking, row_seeds=seeds,
-    )  # fmt: skip
+        predictor,
+        4,
+        DiffusionOptions(
+            gen_len=GEN_LEN,
+            steps=steps,
+            block_length=block_length,
+            temperature=temperature,
+            remasking=remasking,
+        ),
+        ids=IDS,
+        row_seeds=seeds,
+    )
     for row, seed in enumerate(seeds):
         tokens, passes = reference_decode(
             predictor, row, gen_len=GEN_LEN, steps=steps, block_length=block_length,
@@ -255,7 +272,10 @@ def test_decode_with_eot_ending_the_answer_equals_reference(block_length: int) -
 def test_decode_with_threshold_equals_reference(block_length: int) -> None:
     predictor = TinyPredictor(scale=4.0)
     result = diffusion_decode(
-        predictor, 4, ids=IDS, gen_len=GEN_LEN, steps=16, block_length=block_length, threshold=0.6
+        predictor,
+        4,
+        DiffusionOptions(gen_len=GEN_LEN, steps=16, block_length=block_length, threshold=0.6),
+        ids=IDS,
     )
     for row in range(4):
         expected = reference_decode(
@@ -292,9 +312,12 @@ def test_decode_batched_equals_per_row(options: dict) -> None:
     def run(predictor: MaskPredictor, selection: list[int]) -> DecodeResult:
         options.setdefault("block_length", 16)
         return diffusion_decode(
-            predictor, len(selection), ids=IDS, gen_len=GEN_LEN, steps=16,
-            row_seeds=[seeds[r] for r in selection], **options,
-        )  # fmt: skip
+            predictor,
+            len(selection),
+            DiffusionOptions(gen_len=GEN_LEN, steps=16, **options),
+            ids=IDS,
+            row_seeds=[seeds[r] for r in selection],
+        )
 
     batched = assert_batched_equals_per_row(run, predictor, len(seeds))
     assert len(set(batched.forward_passes)) > 1  # rows finished at different times
@@ -310,10 +333,8 @@ def test_decode_without_an_end_takes_exactly_steps_passes(
     result = diffusion_decode(
         TinyPredictor(no_end=True),
         3,
+        DiffusionOptions(gen_len=GEN_LEN, steps=steps, block_length=block_length),
         ids=IDS,
-        gen_len=GEN_LEN,
-        steps=steps,
-        block_length=block_length,
     )
     assert result.forward_passes == [passes] * 3
     assert [len(tokens) for tokens in result.tokens] == [16] * 3
@@ -422,7 +443,9 @@ def test_deliberation_keeps_the_words_after_an_eos_committed_in_a_masked_slot() 
     masked = masks_in(_first_canvas(first), 10)
     script = {masked[0]: E, **{p: 19 for p in masked[1:]}}
     fake = Scripted([script])
-    result = diffusion_deliberation(fake, [first], ids=IDS, mask_ratio=0.3, steps=64, row_seeds=[7])
+    result = diffusion_deliberation(
+        fake, [first], DeliberationOptions(mask_ratio=0.3, steps=64), ids=IDS, row_seeds=[7]
+    )
     canvas = [E if p == masked[0] else 19 if p in masked else t for p, t in enumerate(first)]
     assert result.canvases == [canvas]
     assert result.tokens == [[t for t in canvas if t != E]]  # one slot, one word: 9 words left
@@ -432,7 +455,9 @@ def test_deliberation_keeps_the_words_after_an_eos_committed_in_a_masked_slot() 
 def _first_canvas(first: list[int]) -> list[int]:
     """The first deliberation canvas of `first` (ratio 0.3, seed 7), as the decoder shows it."""
     recorder = Recorder(TinyPredictor(no_end=True))
-    diffusion_deliberation(recorder, [first], ids=IDS, mask_ratio=0.3, steps=1, row_seeds=[7])
+    diffusion_deliberation(
+        recorder, [first], DeliberationOptions(mask_ratio=0.3, steps=1), ids=IDS, row_seeds=[7]
+    )
     return recorder.calls[0][1][0].tolist()
 
 
@@ -516,8 +541,10 @@ def reference_released_generate(
 @pytest.mark.parametrize("scale", [1.0, 4.0, 8.0])
 def test_first_pass_pruning_equals_the_released_code(scale: float) -> None:
     predictor = TinyPredictor(scale=scale, ends={0: (2, IDS.eos), 1: (9, IDS.eot), 3: (5, IDS.eos)})
-    options = {"gen_len": GEN_LEN, "steps": GEN_LEN, "block_length": GEN_LEN // 2}
-    result = diffusion_decode(predictor, 4, ids=IDS, threshold=0.9, prune="first_pass", **options)
+    options = DiffusionOptions(
+        gen_len=GEN_LEN, steps=GEN_LEN, block_length=GEN_LEN // 2, threshold=0.9, prune="first_pass"
+    )
+    result = diffusion_decode(predictor, 4, options, ids=IDS)
     for row in range(4):
         canvas, answer, passes = reference_released_generate(
             predictor, row, gen_len=GEN_LEN, block_length=GEN_LEN // 2, threshold=0.9
@@ -529,9 +556,13 @@ def test_first_pass_pruning_equals_the_released_code(scale: float) -> None:
 def test_decode_rejects_bad_arguments() -> None:
     predictor = TinyPredictor()
     with pytest.raises(ValueError, match=r"steps \(6\) must be divisible by the number of blocks"):
-        diffusion_decode(predictor, 1, ids=IDS, gen_len=GEN_LEN, steps=6, block_length=4)
+        diffusion_decode(
+            predictor, 1, DiffusionOptions(gen_len=GEN_LEN, steps=6, block_length=4), ids=IDS
+        )
     with pytest.raises(ValueError, match=r"block_length \(5\) must divide gen_len \(16\)"):
-        diffusion_decode(predictor, 1, ids=IDS, gen_len=GEN_LEN, steps=16, block_length=5)
+        diffusion_decode(
+            predictor, 1, DiffusionOptions(gen_len=GEN_LEN, steps=16, block_length=5), ids=IDS
+        )
     for threshold in (0.0, 1.5):
         with pytest.raises(ValueError, match=r"threshold must lie in \(0, 1\], got"):
             decode(predictor, 1, threshold=threshold)
@@ -571,9 +602,12 @@ def test_deliberation_batched_equals_per_row(masking_type: str, steps: int) -> N
 
     def run(predictor: MaskPredictor, selection: list[int]) -> DecodeResult:
         return diffusion_deliberation(
-            predictor, [FIRST_PASS[r] for r in selection], ids=IDS, mask_ratio=0.4,
-            masking_type=masking_type, steps=steps, row_seeds=[seeds[r] for r in selection],
-        )  # fmt: skip
+            predictor,
+            [FIRST_PASS[r] for r in selection],
+            DeliberationOptions(mask_ratio=0.4, masking_type=masking_type, steps=steps),
+            ids=IDS,
+            row_seeds=[seeds[r] for r in selection],
+        )
 
     batched = assert_batched_equals_per_row(run, TinyPredictor(no_end=True), len(FIRST_PASS))
     scoring = 1 if masking_type == "low_confidence" else 0
@@ -584,7 +618,9 @@ def test_deliberation_batched_equals_per_row(masking_type: str, steps: int) -> N
 
 def test_random_deliberation_masks_int_len_times_ratio_and_keeps_the_rest() -> None:
     recorder = Recorder(TinyPredictor(no_end=True))
-    result = diffusion_deliberation(recorder, FIRST_PASS, ids=IDS, mask_ratio=0.3, steps=2)
+    result = diffusion_deliberation(
+        recorder, FIRST_PASS, DeliberationOptions(mask_ratio=0.3, steps=2), ids=IDS
+    )
     rows, canvas, lengths, _ = recorder.calls[0]
     assert rows.tolist() == [0, 3, 4]  # the other rows get int(len * 0.3) == 0 masks
     for local, row in enumerate(rows.tolist()):
@@ -601,7 +637,10 @@ def test_random_deliberation_masks_int_len_times_ratio_and_keeps_the_rest() -> N
 def test_low_confidence_deliberation_masks_the_least_likely_first_pass_tokens() -> None:
     recorder = Recorder(TinyPredictor(no_end=True))
     result = diffusion_deliberation(
-        recorder, FIRST_PASS, ids=IDS, mask_ratio=0.3, masking_type="low_confidence", steps=64
+        recorder,
+        FIRST_PASS,
+        DeliberationOptions(mask_ratio=0.3, masking_type="low_confidence", steps=64),
+        ids=IDS,
     )
     (score_rows, score_canvas, score_lengths, score_logits), (rows, canvas, *_) = recorder.calls[:2]
     assert score_rows.tolist() == rows.tolist() == [0, 3, 4]
@@ -618,19 +657,29 @@ def test_low_confidence_deliberation_masks_the_least_likely_first_pass_tokens() 
 def test_deliberation_rejects_bad_arguments() -> None:
     for ratio in (-0.1, 1.5):
         with pytest.raises(ValueError, match=r"mask_ratio must lie in \[0, 1\], got"):
-            diffusion_deliberation(TinyPredictor(), [[4]], ids=IDS, mask_ratio=ratio)
+            diffusion_deliberation(
+                TinyPredictor(), [[4]], DeliberationOptions(mask_ratio=ratio), ids=IDS
+            )
     with pytest.raises(ValueError, match="unknown masking_type 'lowest'"):
-        diffusion_deliberation(TinyPredictor(), [[4]], ids=IDS, masking_type="lowest")
+        diffusion_deliberation(
+            TinyPredictor(), [[4]], DeliberationOptions(masking_type="lowest"), ids=IDS
+        )
     with pytest.raises(ValueError, match="num_chunks must be >= 1, got 0"):
-        semi_ar_deliberation(TinyPredictor(), [[4]], ids=IDS, num_chunks=0)
+        semi_ar_deliberation(
+            TinyPredictor(), [[4]], SemiARDeliberationOptions(num_chunks=0), ids=IDS
+        )
     with pytest.raises(ValueError, match=r"steps \(3\) must be at least num_chunks \(4\)"):
-        semi_ar_deliberation(TinyPredictor(), [[4]], ids=IDS, num_chunks=4, steps=3)
+        semi_ar_deliberation(
+            TinyPredictor(), [[4]], SemiARDeliberationOptions(num_chunks=4, steps=3), ids=IDS
+        )
 
 
 def test_semi_ar_deliberation_touches_only_the_current_chunk() -> None:
     recorder = Recorder(TinyPredictor(no_end=True))
     first = FIRST_PASS[0]  # 10 tokens in 3 chunks: 3, 3, 4
-    result = semi_ar_deliberation(recorder, [first], ids=IDS, num_chunks=3, steps=9)
+    result = semi_ar_deliberation(
+        recorder, [first], SemiARDeliberationOptions(num_chunks=3, steps=9), ids=IDS
+    )
     final = result.tokens[0]
     assert len(final) == 10 and result.forward_passes == [9]  # 3 + 3 + min(3, 4)
     chunks = [(0, 3), (3, 6), (6, 10)]
@@ -648,7 +697,10 @@ def test_semi_ar_deliberation_touches_only_the_current_chunk() -> None:
 def test_semi_ar_batched_equals_per_row(num_chunks: int) -> None:
     def run(predictor: MaskPredictor, selection: list[int]) -> DecodeResult:
         return semi_ar_deliberation(
-            predictor, [FIRST_PASS[r] for r in selection], ids=IDS, num_chunks=num_chunks, steps=12
+            predictor,
+            [FIRST_PASS[r] for r in selection],
+            SemiARDeliberationOptions(num_chunks=num_chunks, steps=12),
+            ids=IDS,
         )
 
     batched = assert_batched_equals_per_row(run, TinyPredictor(), len(FIRST_PASS))
@@ -692,7 +744,11 @@ def test_prior_guided_batched_equals_per_row(options: dict) -> None:
     def run(predictor: MaskPredictor, selection: list[int]) -> DecodeResult:
         chosen = None if confidences is None else [confidences[r] for r in selection]
         return prior_guided_decode(
-            predictor, [PRIORS[r] for r in selection], ids=IDS, prior_confidences=chosen, **options
+            predictor,
+            [PRIORS[r] for r in selection],
+            PriorGuidedOptions(**options),
+            ids=IDS,
+            prior_confidences=chosen,
         )
 
     batched = assert_batched_equals_per_row(run, predictor, len(PRIORS))
@@ -701,7 +757,7 @@ def test_prior_guided_batched_equals_per_row(options: dict) -> None:
 
 def test_prior_guided_with_a_confident_predictor_takes_one_round() -> None:
     recorder = Recorder(TinyPredictor(scale=CONFIDENT, no_end=True))
-    result = prior_guided_decode(recorder, PRIORS, ids=IDS, margin=3)
+    result = prior_guided_decode(recorder, PRIORS, PriorGuidedOptions(margin=3), ids=IDS)
     assert result.forward_passes == [1] * len(PRIORS)
     _, _, lengths, logits = recorder.calls[0]
     assert lengths.tolist() == [len(p) + 3 + 1 for p in PRIORS]
@@ -712,12 +768,12 @@ def test_prior_guided_with_a_confident_predictor_takes_one_round() -> None:
 
 def test_prior_guided_rounds_are_capped_and_leftovers_take_the_latest_argmax() -> None:
     recorder = Recorder(TinyPredictor(no_end=True))
-    result = prior_guided_decode(recorder, PRIORS[:1], ids=IDS, max_rounds=1)
+    result = prior_guided_decode(recorder, PRIORS[:1], PriorGuidedOptions(max_rounds=1), ids=IDS)
     (_, canvas, _, logits) = recorder.calls[0]
     assert canvas[0].tolist() == [*PRIORS[0], *[IDS.mask] * 4, IDS.eos]
     assert result.forward_passes == [1]
     assert result.tokens[0] == logits[0, :10].argmax(-1).tolist()
-    capped = prior_guided_decode(TinyPredictor(), PRIORS, ids=IDS, max_rounds=3)
+    capped = prior_guided_decode(TinyPredictor(), PRIORS, PriorGuidedOptions(max_rounds=3), ids=IDS)
     assert max(capped.forward_passes) == 3
 
 
@@ -726,22 +782,29 @@ def test_visible_and_mask_below_differ_in_the_first_canvas() -> None:
     for treatment in ("visible", "mask_below"):
         recorder = Recorder(TinyPredictor())
         prior_guided_decode(
-            recorder, PRIORS[:2], ids=IDS, prior_confidences=PRIOR_CONFIDENCES[:2], margin=2,
-            prior_treatment=treatment, prior_confidence_floor=0.5,
-        )  # fmt: skip
+            recorder,
+            PRIORS[:2],
+            PriorGuidedOptions(margin=2, prior_treatment=treatment, prior_confidence_floor=0.5),
+            ids=IDS,
+            prior_confidences=PRIOR_CONFIDENCES[:2],
+        )
         first_canvases.append(recorder.calls[0][1].tolist())
     m, e, p = IDS.mask, IDS.eos, IDS.pad
     assert first_canvases[0] == [[5, 6, 7, 8, 9, 10, m, m, e], [4, 5, m, m, e, p, p, p, p]]
     assert first_canvases[1] == [[5, m, 7, m, 9, 10, m, m, e], [m, 5, m, m, e, p, p, p, p]]
     # Without prior confidences every prior token counts as confident.
     recorder = Recorder(TinyPredictor())
-    prior_guided_decode(recorder, PRIORS[:2], ids=IDS, margin=2, prior_treatment="mask_below")
+    prior_guided_decode(
+        recorder, PRIORS[:2], PriorGuidedOptions(margin=2, prior_treatment="mask_below"), ids=IDS
+    )
     assert recorder.calls[0][1].tolist() == first_canvases[0]
 
 
 def test_early_exit_off_commits_exactly_one_position_per_round() -> None:
     recorder = Recorder(TinyPredictor(scale=CONFIDENT, no_end=True))
-    result = prior_guided_decode(recorder, PRIORS, ids=IDS, margin=2, early_exit=False)
+    result = prior_guided_decode(
+        recorder, PRIORS, PriorGuidedOptions(margin=2, early_exit=False), ids=IDS
+    )
     # At least one commit per round and one round per pending position: exactly one per round,
     # although this predictor is sure of every position (early exit would take one round).
     assert result.forward_passes == [len(prior) + 2 for prior in PRIORS]
@@ -749,7 +812,10 @@ def test_early_exit_off_commits_exactly_one_position_per_round() -> None:
     masks_per_round = [int((canvas == IDS.mask).sum()) for canvas in row_0]
     assert masks_per_round[0] == 2 and len(masks_per_round) == len(PRIORS[0]) + 2
     assert all(a - b in (0, 1) for a, b in itertools.pairwise(masks_per_round))
-    assert prior_guided_decode(recorder, PRIORS, ids=IDS, margin=2).forward_passes == [1] * 5
+    assert (
+        prior_guided_decode(recorder, PRIORS, PriorGuidedOptions(margin=2), ids=IDS).forward_passes
+        == [1] * 5
+    )
 
 
 def test_prune_cuts_the_canvas_after_a_committed_end() -> None:
@@ -759,7 +825,7 @@ def test_prune_cuts_the_canvas_after_a_committed_end() -> None:
     for prune in ("every_round", "none"):
         recorder = Recorder(TinyPredictor(scale=4.0, ends=ends))
         result = prior_guided_decode(
-            recorder, PRIORS[:2], ids=IDS, prune=prune, eot_ends_answer=True
+            recorder, PRIORS[:2], PriorGuidedOptions(prune=prune, eot_ends_answer=True), ids=IDS
         )
         assert result.tokens == [[4, 9], [5]] and result.forward_passes == [2, 1]
         seen[prune] = [
@@ -775,12 +841,12 @@ def test_prior_guided_prunes_once_before_the_first_eos_by_default() -> None:
     # Round 1 commits EOS at 2 of a canvas of 6 + 4 + 1 slots: cut to 2, the EOS dropped.
     script = [{0: 9, 2: E}, {1: 8, 5: E}, {}]
     fake = Scripted(script)
-    result = prior_guided_decode(fake, PRIORS[:1], ids=IDS, margin=4)
+    result = prior_guided_decode(fake, PRIORS[:1], PriorGuidedOptions(margin=4), ids=IDS)
     assert fake.lengths == [[11], [2]] and result.canvases == [[9, 8]]
     # Without an EOS in round 1 the cut drops the trailing EOS (7 -> 6 slots); an EOS committed
     # later at 5 ends nothing: every slot is decoded and the read-off drops only the EOS.
     fake = Scripted([{0: 9}, *script[1:]])
-    result = prior_guided_decode(fake, PRIORS[1:2], ids=IDS, margin=4)
+    result = prior_guided_decode(fake, PRIORS[1:2], PriorGuidedOptions(margin=4), ids=IDS)
     assert fake.canvases[0] == [[4, 5, M, M, M, M, E]]
     assert fake.lengths == [[7], [6], [6], [6], [6]]
     assert result.canvases == [[9, 8, 6, 7, 8, E]] and result.tokens == [[9, 8, 6, 7, 8]]
@@ -788,10 +854,12 @@ def test_prior_guided_prunes_once_before_the_first_eos_by_default() -> None:
 
 def test_prior_guided_empty_prior() -> None:
     recorder = Recorder(TinyPredictor(no_end=True))
-    result = prior_guided_decode(recorder, [[], []], ids=IDS, margin=2)
+    result = prior_guided_decode(recorder, [[], []], PriorGuidedOptions(margin=2), ids=IDS)
     assert recorder.calls[0][1].tolist() == [[IDS.mask, IDS.mask, IDS.eos]] * 2
     assert [len(tokens) for tokens in result.tokens] == [2, 2]
-    nothing = prior_guided_decode(Recorder(TinyPredictor()), [[]], ids=IDS, margin=0)
+    nothing = prior_guided_decode(
+        Recorder(TinyPredictor()), [[]], PriorGuidedOptions(margin=0), ids=IDS
+    )
     assert nothing == DecodeResult(tokens=[[]], forward_passes=[0], canvases=[[IDS.eos]])
 
 
@@ -799,10 +867,10 @@ def test_prior_guided_rejects_bad_arguments() -> None:
     predictor = TinyPredictor()
     for threshold in (0.0, 1.01):
         with pytest.raises(ValueError, match=r"threshold must lie in \(0, 1\]"):
-            prior_guided_decode(predictor, [[4]], ids=IDS, threshold=threshold)
+            prior_guided_decode(predictor, [[4]], PriorGuidedOptions(threshold=threshold), ids=IDS)
     with pytest.raises(ValueError, match=r"prior_confidences\[0\] has 1 values for a prior of 2"):
         prior_guided_decode(predictor, [[4, 5]], ids=IDS, prior_confidences=[[0.5]])
     with pytest.raises(ValueError, match="unknown prior_treatment 'hidden'"):
-        prior_guided_decode(predictor, [[4]], ids=IDS, prior_treatment="hidden")
+        prior_guided_decode(predictor, [[4]], PriorGuidedOptions(prior_treatment="hidden"), ids=IDS)
     with pytest.raises(ValueError, match="max_rounds must be >= 1, got 0"):
-        prior_guided_decode(predictor, [[4]], ids=IDS, max_rounds=0)
+        prior_guided_decode(predictor, [[4]], PriorGuidedOptions(max_rounds=0), ids=IDS)

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from whisper_llada.config import DecodeConfig
-from whisper_llada.decoding.recognize import recognize
+from whisper_llada.decoding.deliberation import DeliberationOptions, SemiARDeliberationOptions
+from whisper_llada.decoding.diffusion import DiffusionOptions
+from whisper_llada.decoding.prior_guided import PriorGuidedOptions
+from whisper_llada.decoding.recognize import options_from, recognize
 from whisper_llada.models.build import build_model
 
 FAST = {"gen_len": 16, "steps": 8, "block_length": 16, "max_rounds": 6}
@@ -114,3 +117,23 @@ def test_deliberation_from_the_manifest_needs_a_first_pass(setup, speech):
     decode = DecodeConfig(mode="diffusion_deliberation", **FAST)
     with pytest.raises(ValueError, match="needs a first-pass hypothesis for every utterance"):
         recognize(model, tokenizer, [speech[0][0]], ["u"], decode, cfg.audio, first_passes=[None])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [DiffusionOptions, DeliberationOptions, SemiARDeliberationOptions, PriorGuidedOptions],
+)
+def test_every_sampler_option_is_the_decode_key_of_its_name(options):
+    cfg = DecodeConfig(
+        steps=24, gen_len=48, block_length=16, mask_ratio=0.4, num_chunks=3,
+        masking_type="low_confidence", remasking="random", temperature=0.5, threshold=0.7,
+        prune="every_round", eot_ends_answer=True, early_exit=False, prior_treatment="mask_below",
+        prior_confidence_floor=0.3, margin=2, max_rounds=7,
+    )  # fmt: skip
+    built = options_from(cfg, options)
+    assert {field.name: getattr(built, field.name) for field in dataclasses.fields(options)} == {
+        field.name: getattr(cfg, field.name) for field in dataclasses.fields(options)
+    }
+    assert all(
+        getattr(built, f.name) != f.default for f in dataclasses.fields(options)
+    )  # each one set

@@ -21,6 +21,7 @@ Dimensions: B rows, L canvas positions (first-pass tokens), V vocabulary, R acti
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -83,14 +84,21 @@ def _least_likely_positions(
     return chosen
 
 
+@dataclass(frozen=True)
+class DeliberationOptions:
+    """`diffusion_deliberation`'s settings (the decode.* keys of the same names)."""
+
+    mask_ratio: float = 0.3
+    masking_type: MaskingType = "random"
+    steps: int = 64
+
+
 def diffusion_deliberation(
     predictor: MaskPredictor,
     first_pass: Sequence[Sequence[int]],
+    options: DeliberationOptions = DeliberationOptions(),
     *,
     ids: TokenIds,
-    mask_ratio: float = 0.3,
-    masking_type: MaskingType = "random",
-    steps: int = 64,
     row_seeds: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
 ) -> DecodeResult:
@@ -107,29 +115,30 @@ def diffusion_deliberation(
     Args:
         predictor: the mask predictor.
         first_pass: B first-pass token lists (no EOS); each fixes its row's canvas length.
-        mask_ratio: fraction of each row to mask, in [0, 1].
-        masking_type: "random" or "low_confidence".
-        steps: most unmasking steps per row, >= 1.
+        options: mask_ratio (fraction of each row to mask, in [0, 1]), masking_type ("random"
+            or "low_confidence"), steps (most unmasking steps per row, >= 1).
         row_seeds: B seeds for "random" masking (0..B-1 when None).
         device: where the canvas lives (the predictor's device).
 
     Returns:
         DecodeResult: passes = (1 scoring pass if "low_confidence") + min(steps, #masks).
     """
-    if not 0.0 <= mask_ratio <= 1.0:
-        raise ValueError(f"mask_ratio must lie in [0, 1], got {mask_ratio}")
-    if masking_type not in MASKING_TYPES:
+    if not 0.0 <= options.mask_ratio <= 1.0:
+        raise ValueError(f"mask_ratio must lie in [0, 1], got {options.mask_ratio}")
+    if options.masking_type not in MASKING_TYPES:
         raise ValueError(
-            f"unknown masking_type {masking_type!r}: choose one of {', '.join(MASKING_TYPES)}"
+            f"unknown masking_type {options.masking_type!r}: choose one of {', '.join(MASKING_TYPES)}"
         )
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if options.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {options.steps}")
     generators = row_generators(len(first_pass), row_seeds, device)
     canvas = Canvas.from_rows(first_pass, pad=ids.pad, device=device)
     counts = torch.tensor(
-        [int(len(tokens) * mask_ratio) for tokens in first_pass], dtype=torch.long, device=device
+        [int(len(tokens) * options.mask_ratio) for tokens in first_pass],
+        dtype=torch.long,
+        device=device,
     )
-    if masking_type == "random":
+    if options.masking_type == "random":
         to_mask = _random_positions(canvas, counts, generators)
     else:
         to_mask = _least_likely_positions(predictor, canvas, counts, ids)
@@ -140,18 +149,25 @@ def diffusion_deliberation(
         canvas,
         ids=ids,
         block_length=max(canvas.tokens.shape[1], 1),
-        steps_per_block=steps,
+        steps_per_block=options.steps,
     )
     return result_of(canvas, ids)
+
+
+@dataclass(frozen=True)
+class SemiARDeliberationOptions:
+    """`semi_ar_deliberation`'s settings (the decode.* keys of the same names)."""
+
+    num_chunks: int = 4
+    steps: int = 64
 
 
 def semi_ar_deliberation(
     predictor: MaskPredictor,
     first_pass: Sequence[Sequence[int]],
+    options: SemiARDeliberationOptions = SemiARDeliberationOptions(),
     *,
     ids: TokenIds,
-    num_chunks: int = 4,
-    steps: int = 64,
     device: torch.device | str = "cpu",
 ) -> DecodeResult:
     """Re-decode the first pass chunk by chunk: mask one chunk, unmask it, keep it, go right.
@@ -167,26 +183,26 @@ def semi_ar_deliberation(
     Args:
         predictor: the mask predictor.
         first_pass: B first-pass token lists; each fixes its row's canvas length.
-        num_chunks: >= 1.
-        steps: total step budget, at least num_chunks (each chunk gets steps // num_chunks).
+        options: num_chunks (>= 1), steps (the total step budget, at least num_chunks: each
+            chunk gets steps // num_chunks).
         device: where the canvas lives (the predictor's device).
 
     Returns:
         DecodeResult: passes = sum over chunks of min(steps // num_chunks, chunk size).
     """
-    if num_chunks < 1:
-        raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
-    if steps < num_chunks:
+    if options.num_chunks < 1:
+        raise ValueError(f"num_chunks must be >= 1, got {options.num_chunks}")
+    if options.steps < options.num_chunks:
         raise ValueError(
-            f"steps ({steps}) must be at least num_chunks ({num_chunks}): each chunk gets "
+            f"steps ({options.steps}) must be at least num_chunks ({options.num_chunks}): each chunk gets "
             "steps // num_chunks steps"
         )
     canvas = Canvas.from_rows(first_pass, pad=ids.pad, device=device)
-    chunk_size = (canvas.lengths // num_chunks)[:, None]  # (B, 1)
+    chunk_size = (canvas.lengths // options.num_chunks)[:, None]  # (B, 1)
     positions = canvas.positions()
-    for chunk in range(num_chunks):
+    for chunk in range(options.num_chunks):
         start = chunk * chunk_size
-        end = canvas.lengths[:, None] if chunk == num_chunks - 1 else start + chunk_size
+        end = canvas.lengths[:, None] if chunk == options.num_chunks - 1 else start + chunk_size
         in_chunk = (positions >= start) & (positions < end)  # (B, L)
         canvas.tokens[in_chunk] = ids.mask
         canvas.pending = in_chunk
@@ -195,6 +211,6 @@ def semi_ar_deliberation(
             canvas,
             ids=ids,
             block_length=max(canvas.tokens.shape[1], 1),
-            steps_per_block=steps // num_chunks,
+            steps_per_block=options.steps // options.num_chunks,
         )
     return result_of(canvas, ids)

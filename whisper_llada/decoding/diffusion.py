@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -278,19 +279,26 @@ def _check_decode_arguments(
         )
 
 
+@dataclass(frozen=True)
+class DiffusionOptions:
+    """The `decoding` mode's settings (the decode.* keys of the same names; defaults: the authors' code)."""
+
+    gen_len: int = 128
+    steps: int = 128
+    block_length: int = 128
+    temperature: float = 0.0
+    remasking: Remasking = "low_confidence"
+    threshold: float | None = None
+    prune: Pruning = "none"
+    eot_ends_answer: bool = False
+
+
 def diffusion_decode(
     predictor: MaskPredictor,
     batch_size: int,
+    options: DiffusionOptions = DiffusionOptions(),
     *,
     ids: TokenIds,
-    gen_len: int = 128,
-    steps: int = 128,
-    block_length: int = 128,
-    temperature: float = 0.0,
-    remasking: Remasking = "low_confidence",
-    threshold: float | None = None,
-    prune: Pruning = "none",
-    eot_ends_answer: bool = False,
     row_seeds: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
 ) -> DecodeResult:
@@ -312,7 +320,7 @@ def diffusion_decode(
     what is left) and is done when no MASK remains before e. A later EOS committed left of e
     moves e left.
 
-    Options: `threshold` tau commits every masked position of the block whose confidence is
+    Options (`DiffusionOptions`): `threshold` tau commits every masked position of the block whose confidence is
     >= tau, and never fewer than the schedule's k (hence at least the most confident one):
     steps become data dependent and `steps` only an upper bound (with steps == gen_len the
     floor is one token, Fast-dLLM's rule). `prune="first_pass"` is the released dLLM-ASR
@@ -325,10 +333,10 @@ def diffusion_decode(
     Args:
         predictor: the mask predictor, called once per step with all active rows.
         batch_size: B; the predictor gets `rows` in 0..B-1.
+        options: gen_len (L, the answer canvas), steps, block_length, temperature (0 = greedy;
+            > 0 = Gumbel-max sampling), remasking ("low_confidence" or "random"), threshold,
+            prune, eot_ends_answer: the rules above.
         ids: special token ids.
-        gen_len: L, answer canvas length.
-        temperature: 0 = greedy; > 0 = Gumbel-max sampling.
-        remasking: "low_confidence" or "random".
         row_seeds: B seeds, one generator per row (0..B-1 when None): a row decodes the same
             alone as in any batch.
         device: where the canvas, the random draws and the bookkeeping live (the predictor's).
@@ -337,24 +345,32 @@ def diffusion_decode(
         DecodeResult: B answers (the canvases' non-special tokens), pass counts, canvases.
     """
     _check_decode_arguments(
-        batch_size, gen_len, steps, block_length, temperature, remasking, threshold
+        batch_size,
+        options.gen_len,
+        options.steps,
+        options.block_length,
+        options.temperature,
+        options.remasking,
+        options.threshold,
     )
-    check_pruning(prune)
+    check_pruning(options.prune)
     generators = row_generators(batch_size, row_seeds, device)
-    canvas = Canvas.from_rows([[ids.mask] * gen_len] * batch_size, pad=ids.pad, device=device)
+    canvas = Canvas.from_rows(
+        [[ids.mask] * options.gen_len] * batch_size, pad=ids.pad, device=device
+    )
     canvas.pending[:] = True
     denoise(
         predictor,
         canvas,
         ids=ids,
-        block_length=block_length,
-        steps_per_block=steps // (gen_len // block_length),
-        temperature=temperature,
-        remasking=remasking,
-        threshold=threshold,
+        block_length=options.block_length,
+        steps_per_block=options.steps // (options.gen_len // options.block_length),
+        temperature=options.temperature,
+        remasking=options.remasking,
+        threshold=options.threshold,
         end_rule=True,
-        prune=prune,
-        eot_ends_answer=eot_ends_answer,
+        prune=options.prune,
+        eot_ends_answer=options.eot_ends_answer,
         generators=generators,
     )
     return result_of(canvas, ids)

@@ -38,6 +38,7 @@ Dimensions: B rows, L canvas positions, V vocabulary, R active rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -128,20 +129,38 @@ def _initial_canvas(
     return canvas, hidden
 
 
+@dataclass(frozen=True)
+class PriorGuidedOptions:
+    """dLLM-ASR's prior-guided decoding settings (the decode.* keys of the same names; defaults: the released code).
+
+    Attributes:
+        margin: MASK slots after the prior, >= 0.
+        threshold: tau in (0, 1]; a pending position commits once its top probability >= tau.
+        prune: "first_pass", "every_round" or "none" (module docstring).
+        eot_ends_answer: EOT ends the answer as EOS does.
+        max_rounds: most predictor calls per row, >= 1.
+        prior_treatment: "visible" or "mask_below".
+        prior_confidence_floor: prior tokens below it start as MASK under "mask_below".
+        early_exit: False commits exactly one position per round (no threshold commits).
+    """
+
+    margin: int = 4
+    threshold: float = 0.9
+    prune: Pruning = "first_pass"
+    eot_ends_answer: bool = False
+    max_rounds: int = 32
+    prior_treatment: PriorTreatment = "visible"
+    prior_confidence_floor: float = 0.5
+    early_exit: bool = True
+
+
 def prior_guided_decode(
     predictor: MaskPredictor,
     priors: Sequence[Sequence[int]],
+    options: PriorGuidedOptions = PriorGuidedOptions(),
     *,
     ids: TokenIds,
     prior_confidences: Sequence[Sequence[float]] | None = None,
-    margin: int = 4,
-    threshold: float = 0.9,
-    prune: Pruning = "first_pass",
-    eot_ends_answer: bool = False,
-    max_rounds: int = 32,
-    prior_treatment: PriorTreatment = "visible",
-    prior_confidence_floor: float = 0.5,
-    early_exit: bool = True,
     device: torch.device | str = "cpu",
 ) -> DecodeResult:
     """dLLM-ASR's decoding: canvas = prior + margin MASKs + EOS, confidence-threshold commits, pruning.
@@ -153,14 +172,7 @@ def prior_guided_decode(
         priors: B draft token lists (no EOS), e.g. CTC greedy hypotheses; may be empty.
         ids: special token ids.
         prior_confidences: B lists, one confidence per prior token (for "mask_below").
-        margin: MASK slots after the prior, >= 0.
-        threshold: tau in (0, 1]; a pending position commits once its top probability >= tau.
-        prune: "first_pass", "every_round" or "none" (module docstring).
-        eot_ends_answer: EOT ends the answer as EOS does.
-        max_rounds: most predictor calls per row, >= 1.
-        prior_treatment: "visible" or "mask_below".
-        prior_confidence_floor: prior tokens below it start as MASK under "mask_below".
-        early_exit: False commits exactly one position per round (no threshold commits).
+        options: the settings (`PriorGuidedOptions`).
         device: where the canvas lives (the predictor's device).
 
     Returns:
@@ -169,24 +181,24 @@ def prior_guided_decode(
     _check_arguments(
         priors,
         prior_confidences,
-        margin,
-        threshold,
-        max_rounds,
-        prior_treatment,
-        prior_confidence_floor,
+        options.margin,
+        options.threshold,
+        options.max_rounds,
+        options.prior_treatment,
+        options.prior_confidence_floor,
     )
-    check_pruning(prune)
+    check_pruning(options.prune)
     canvas, hidden = _initial_canvas(
         priors,
         prior_confidences,
         ids=ids,
-        margin=margin,
-        mask_unsure=prior_treatment == "mask_below",
-        floor=prior_confidence_floor,
+        margin=options.margin,
+        mask_unsure=options.prior_treatment == "mask_below",
+        floor=options.prior_confidence_floor,
         device=device,
     )
     guesses = canvas.tokens.clone()  # (B, L) latest argmax at every pending position
-    for _ in range(max_rounds):
+    for _ in range(options.max_rounds):
         active = canvas.pending.any(dim=1).nonzero().squeeze(1)  # (R,)
         if active.numel() == 0:
             break
@@ -195,8 +207,8 @@ def prior_guided_decode(
         candidates, confidence = candidates_and_confidence(logits, canvas.lengths[active])
         pending = canvas.pending[active, :width]
         confidence = confidence.masked_fill(~pending, -torch.inf)
-        if early_exit:
-            k = (confidence >= threshold).sum(dim=1).clamp(min=1)
+        if options.early_exit:
+            k = (confidence >= options.threshold).sum(dim=1).clamp(min=1)
         else:
             k = torch.ones(len(active), dtype=torch.long, device=confidence.device)
         commit = commit_top_k(confidence, k)
@@ -206,6 +218,8 @@ def prior_guided_decode(
             shown, candidates, canvas.tokens[active, :width]
         )
         canvas.pending[active, :width] = pending & ~commit
-        apply_end_rule(canvas, active, ids, prune=prune, eot_ends_answer=eot_ends_answer)
+        apply_end_rule(
+            canvas, active, ids, prune=options.prune, eot_ends_answer=options.eot_ends_answer
+        )
     canvas.tokens = torch.where(canvas.pending, guesses, canvas.tokens)
     return result_of(canvas, ids)

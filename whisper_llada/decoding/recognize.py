@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,13 +22,22 @@ from whisper_llada.data.audio import batch_features
 from whisper_llada.data.encoder_cache import EncoderOutputCache
 from whisper_llada.decoding.autoregressive import autoregressive_decode
 from whisper_llada.decoding.canvas import DecodeResult, TokenIds
-from whisper_llada.decoding.deliberation import diffusion_deliberation, semi_ar_deliberation
-from whisper_llada.decoding.diffusion import diffusion_decode
-from whisper_llada.decoding.prior_guided import prior_guided_decode
+from whisper_llada.decoding.deliberation import (
+    DeliberationOptions,
+    SemiARDeliberationOptions,
+    diffusion_deliberation,
+    semi_ar_deliberation,
+)
+from whisper_llada.decoding.diffusion import DiffusionOptions, diffusion_decode
+from whisper_llada.decoding.prior_guided import PriorGuidedOptions, prior_guided_decode
 from whisper_llada.models.causal_model import WhisperLLaMA
 from whisper_llada.models.ctc import ctc_greedy_decode_with_confidence
 from whisper_llada.models.prompt import decode_text, text_ids
 from whisper_llada.models.speech_llm import SpeechLLM, WhisperLLaDA
+
+Options = TypeVar(
+    "Options", DiffusionOptions, DeliberationOptions, SemiARDeliberationOptions, PriorGuidedOptions
+)
 
 # The modes that start from a first pass (decode.first_pass: manifest, ctc or model).
 FIRST_PASS_MODES = ("diffusion_deliberation", "semi_ar_deliberation", "prior_guided")
@@ -200,55 +210,31 @@ def first_pass_tokens(model, tokenizer, audio, cfg: DecodeConfig, first_passes, 
     return [text_ids(tokenizer, text) for text in first_passes], None
 
 
+def options_from(cfg: DecodeConfig, options: type[Options]) -> Options:
+    """A sampler's options object from the decode section: each field is the decode key of its name."""
+    return options(**{field.name: getattr(cfg, field.name) for field in fields(options)})
+
+
 def run_mode(
     predictor, cfg: DecodeConfig, ids: TokenIds, priors, confidences, seeds, device
 ) -> DecodeResult:
     """Dispatch to the decoding function of `cfg.mode` (all but "ctc")."""
     if cfg.mode == "decoding":
+        options = options_from(cfg, DiffusionOptions)
         return diffusion_decode(
-            predictor,
-            len(seeds),
-            ids=ids,
-            gen_len=cfg.gen_len,
-            steps=cfg.steps,
-            block_length=cfg.block_length,
-            temperature=cfg.temperature,
-            remasking=cfg.remasking,
-            threshold=cfg.threshold,
-            prune=cfg.prune,
-            eot_ends_answer=cfg.eot_ends_answer,
-            row_seeds=seeds,
-            device=device,
+            predictor, len(seeds), options, ids=ids, row_seeds=seeds, device=device
         )
     if cfg.mode == "diffusion_deliberation":
+        options = options_from(cfg, DeliberationOptions)
         return diffusion_deliberation(
-            predictor,
-            priors,
-            ids=ids,
-            mask_ratio=cfg.mask_ratio,
-            masking_type=cfg.masking_type,
-            steps=cfg.steps,
-            row_seeds=seeds,
-            device=device,
+            predictor, priors, options, ids=ids, row_seeds=seeds, device=device
         )
     if cfg.mode == "semi_ar_deliberation":
-        return semi_ar_deliberation(
-            predictor, priors, ids=ids, num_chunks=cfg.num_chunks, steps=cfg.steps, device=device
-        )
+        options = options_from(cfg, SemiARDeliberationOptions)
+        return semi_ar_deliberation(predictor, priors, options, ids=ids, device=device)
     if cfg.threshold is None:
         raise ValueError("decode.mode=prior_guided needs decode.threshold (dLLM-ASR uses 0.9)")
+    options = options_from(cfg, PriorGuidedOptions)
     return prior_guided_decode(
-        predictor,
-        priors,
-        ids=ids,
-        prior_confidences=confidences,
-        margin=cfg.margin,
-        threshold=cfg.threshold,
-        prune=cfg.prune,
-        eot_ends_answer=cfg.eot_ends_answer,
-        max_rounds=cfg.max_rounds,
-        prior_treatment=cfg.prior_treatment,
-        prior_confidence_floor=cfg.prior_confidence_floor,
-        early_exit=cfg.early_exit,
-        device=device,
+        predictor, priors, options, ids=ids, prior_confidences=confidences, device=device
     )
