@@ -153,6 +153,18 @@ def test_demo_runs_the_checkout_s_recipe(monkeypatch, tmp_path):
     )
 
 
+def test_the_readme_s_first_command_runs_the_recipe():
+    """`python -m whisper_llada.demo ...` (the README's main job) is `python -m recipes.demo ...`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "whisper_llada.demo", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: python -m recipes.demo [-h] [--model MODEL]")
+
+
 def test_the_console_script_is_installed():
     (script,) = entry_points(group="console_scripts", name="whisper-llada")
     assert script.value == "whisper_llada.cli:main"
