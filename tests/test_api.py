@@ -152,3 +152,12 @@ def test_the_readme_python_example_runs_as_written(monkeypatch):
     with contextlib.redirect_stdout(printed):
         exec(compile(code, "README.md", "exec"), {})
     assert printed.getvalue() == shown
+
+
+def test_a_config_batching_by_seconds_gives_the_same_transcripts(model, overrides, files):
+    by_seconds = load_model(
+        REPO / "configs" / "tiny.yaml",
+        overrides=[*overrides, "inference.batch_size=null", "inference.max_duration=4.0"],
+    )
+    expected = [(t.text, t.forward_passes) for t in model.transcribe(files)]
+    assert [(t.text, t.forward_passes) for t in by_seconds.transcribe(files)] == expected

@@ -107,7 +107,8 @@ class Recognizer:
                 (N,) waveforms at SAMPLE_RATE.
             first_passes: one first-pass transcript per input, for the deliberation and
                 prior-guided modes with decode.first_pass="manifest" (the config's default).
-            batch_size: inputs per batch (default: the config's inference.batch_size).
+            batch_size: inputs per batch (default: the config's inference.batch_size, or its
+                max_duration seconds of audio per batch when that is set).
             progress: show a progress bar (on a terminal).
             **decode: decode settings for this call, e.g. mode="prior_guided",
                 first_pass="ctc", threshold=0.9, steps=12.
@@ -122,7 +123,15 @@ class Recognizer:
             raise ValueError("a file is given twice: give each file once")
         utterances = _utterances(cfg, list(inputs), first_passes)
         first_pass = self._cascade_first_pass(cfg)
-        batches = make_batches(utterances, batch_size=batch_size or cfg.inference.batch_size)
+        if batch_size is not None:
+            batches = make_batches(utterances, batch_size=batch_size)
+        else:  # as inference.py batches: by count, or by seconds when max_duration is set
+            limit = cfg.inference.max_duration
+            batches = make_batches(
+                utterances,
+                batch_size=None if limit else cfg.inference.batch_size,
+                max_duration=limit,
+            )
         transcripts: dict[str, Transcript] = {}
         with tqdm(total=len(utterances), unit="utt", disable=not progress or None) as bar:
             for batch in batches:
