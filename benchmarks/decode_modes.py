@@ -5,12 +5,12 @@
         [--ar-config configs/decode/autoregressive.yaml --ar-checkpoint exp/whisper_llama/best.safetensors] \
         [--out exp/decode_modes] [--gen-len 32] [--batch-size 8] [--modes diffusion "CTC draft" ...]
 
-The modes are the demo's (`whisper_llada.evaluation.mode_comparison.standard_modes`) plus prior-guided
-decoding without early exit. Each mode decodes the whole manifest with the same trained model
-(built once, LoRA merged), through the same code as inference.py, into a fresh folder under
---out: timings are wall-clock on this machine in this run, so the ratios compare like with
-like. Writes `table.md` and `table.json` to --out. The last rows repeat `diffusion` and
-`prior-guided` at batch 1 to measure what batching buys.
+The modes are the demo's (`whisper_llada.evaluation.mode_comparison.standard_modes`) plus
+prior-guided decoding without early exit. Each mode decodes the whole manifest with the same trained
+model (built once, LoRA merged), through the same code as inference.py, into a fresh folder under
+--out: timings are wall-clock on this machine in this run, so the ratios compare like with like.
+Writes `table.md` and `table.json` to --out. The last rows repeat `diffusion` and `prior-guided` at
+batch 1 to measure what batching buys.
 
 With --ar-config and --ar-checkpoint (a Whisper-LLaMA config and its weights) the demo's AR rows
 come too: the AR model alone (greedy, KV cache) and the cascade rows, the model's low-confidence

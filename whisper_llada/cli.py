@@ -1,7 +1,7 @@
 """The `whisper-llada` command: transcribe files, decode a manifest, score results, run the demo.
 
     whisper-llada transcribe a.wav b.flac --model models/demo --mode prior_guided --threshold 0.9
-    whisper-llada decode configs/decode/diffusion.yaml inference.manifest=test.jsonl
+    whisper-llada decode configs/decode/decoding.yaml inference.manifest=test.jsonl
     whisper-llada score exp/decode/results.jsonl
     whisper-llada demo [retrain | retrain-ar] ...
 

@@ -1,9 +1,10 @@
 """The demo model's recipe: its synthetic corpus, its held-out test sets and its starting models.
 
 The demo model (models/demo) is trained by `python -m recipes.demo retrain` in two stages
-(configs/demo.yaml, then configs/demo_stage2.yaml) on the corpus of this module; `python -m recipes.demo` rebuilds only the held-out sets and decodes
-them. Everything follows from DEMO_SEED, so the rebuilt test sets are exactly those the model was
-evaluated on during development, and their sentences never occur in training.
+(configs/demo.yaml, then configs/demo_stage2.yaml) on the corpus of this module;
+`python -m recipes.demo` rebuilds only the held-out sets and decodes them. Everything follows
+from DEMO_SEED, so the rebuilt test sets are exactly those the model was evaluated on during
+development, and their sentences never occur in training.
 
 The corpus, in LibriSpeech's layout (so lhotse's recipe prepares it):
 - train-clean-100: TRAIN_UTTERANCES sentences by the seen voices, lightly perturbed (speed and

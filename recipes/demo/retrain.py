@@ -16,12 +16,11 @@ Writes, each step reused when already done:
 
 The encoder is Whisper tiny.en as `setup.sh` converts it, frozen (its outputs cached in
 <work>/encoder_cache). Stage 1 trains the LLM from random, the adapter and the CTC head with MASK
-canvases; stage 2 fine-tunes them with the
-model's own CTC draft in half of the rows' masked slots (loss.draft_prob), the canvas
-prior-guided decoding starts from. A stage whose last checkpoint has reached its train.max_steps
-is skipped; an unfinished one resumes from its `last`. Stage 1 cannot train further once stage 2
-has started from it. --max-steps sets stage 1's train.max_steps, --stage2-max-steps stage 2's;
-the section.key=value overrides apply to both.
+canvases; stage 2 fine-tunes them with the model's own CTC draft in half of the rows' masked slots
+(loss.draft_prob), the canvas prior-guided decoding starts from. A stage whose last checkpoint has
+reached its train.max_steps is skipped; an unfinished one resumes from its `last`. Stage 1 cannot
+train further once stage 2 has started from it. --max-steps sets stage 1's train.max_steps,
+--stage2-max-steps stage 2's; the section.key=value overrides apply to both.
 
 With --nproc-per-node 1 (the default) a stage runs the training loop in this process. With
 N > 1 each stage with steps to run is launched as `python -m torch.distributed.run --standalone

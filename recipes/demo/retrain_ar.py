@@ -4,10 +4,10 @@
         [--ar-work-dir exp/demo_ar] [--max-steps N] [--nproc-per-node N]
         [--train-utterances N] [--held-out-utterances N] [section.key=value ...]
 
-The baseline shares the LLaDA recipe's frozen Whisper tiny.en (`retrain`): it starts from
-stage 1's last projector (train.init_prefixes), with a random LLaMA of the demo LLaDA's size and
-tokenizer in place of the LLaDA, and trains as many steps as stage 1 (configs/demo_ar.yaml). So it needs stage 1 finished in <work>/train, and is refused before.
-Writes, each step reused when already done:
+The baseline shares the LLaDA recipe's frozen Whisper tiny.en (`retrain`): it starts from stage 1's
+last projector (train.init_prefixes), with a random LLaMA of the demo LLaDA's size and tokenizer in
+place of the LLaDA, and trains as many steps as stage 1 (configs/demo_ar.yaml). So it needs stage 1
+finished in <work>/train, and is refused before. Writes, each step reused when already done:
 
     <work>/base/llama/                  the random starting LLaMA (`corpus.write_demo_base_llama`)
     <work>/corpus/, <work>/manifests/   reused (built as `retrain` builds them, with the same sizes)

@@ -24,16 +24,16 @@ steps, mask ratio, batch size, device); the weights are taken from the directory
 can be moved. `retrain` (see `retrain`) makes such a directory from nothing, in two training
 stages (configs/demo.yaml, then configs/demo_stage2.yaml).
 
-With an autoregressive model (an export with llama/ instead of llada/, as `retrain-ar` makes:
-see `retrain_ar`), each set gains three rows (`mode_comparison`): the AR model alone
-(greedy, KV cache), and the cascade, the model's low-confidence deliberation and its
-prior-guided decoding over the AR model's hypotheses of the same run; and the tables a
-speed-up vs AR column. --ar-model defaults to the folder beside --model named <model>_ar
-(models/demo_ar) when it exists; without one there are no AR rows. Like the model, the AR
-model's results in a decode folder are recorded (ar_model.json), and another's refused.
-With Whisper tiny.en converted (setup.sh; --whisper), test-clean has a peer row: Whisper itself,
-greedy at 30 s padding, on its first --whisper-utterances (`whisper_peer`; ~1 s a clip), and a row of the paper's naive Whisper-LLaDA decoding (128
-slots, 128 steps: the setting dLLM-ASR's 27.6x is against) on its first PAPER_UTTERANCES.
+With an autoregressive model (an export with llama/ instead of llada/, as `retrain-ar` makes: see
+`retrain_ar`), each set gains three rows (`mode_comparison`): the AR model alone (greedy, KV cache),
+and the cascade, the model's low-confidence deliberation and its prior-guided decoding over the AR
+model's hypotheses of the same run; and the tables a speed-up vs AR column. --ar-model defaults to
+the folder beside --model named <model>_ar (models/demo_ar) when it exists; without one there are no
+AR rows. Like the model, the AR model's results in a decode folder are recorded (ar_model.json), and
+another's refused. With Whisper tiny.en converted (setup.sh; --whisper), test-clean has a peer row:
+Whisper itself, greedy at 30 s padding, on its first --whisper-utterances (`whisper_peer`; ~1 s a
+clip), and a row of the paper's naive Whisper-LLaDA decoding (128 slots, 128 steps: the setting
+dLLM-ASR's 27.6x is against) on its first PAPER_UTTERANCES.
 """
 
 from __future__ import annotations

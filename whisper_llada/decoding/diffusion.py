@@ -1,13 +1,13 @@
 """Diffusion decoding: the LLaDA sampler over a mask predictor, with the authors' EOS rule and dLLM-ASR's options.
 
-Every decoder works over a *mask predictor* (`MaskPredictor`), a callable from answer canvases
-to logits: no model class, so fake predictors test them and the composite model plugs in
-through one closure (which also owns each row's cached prompt + audio prefix).
-`diffusion_decode` is the Whisper-LLaDA authors' `decoding` mode (diffusion or semi-AR),
-batched with per-row schedules, randomness and ends, plus dLLM-ASR's `threshold` and `prune`
-as options. `whisper_llada.decoding.deliberation` and `whisper_llada.decoding.prior_guided` reuse the building
-blocks defined here (`predict`, `candidates_and_confidence`, `commit_top_k`, `denoise`); the
-canvas, the end rule, pruning and the read-off live in `whisper_llada.decoding.canvas`.
+Every decoder works over a *mask predictor* (`MaskPredictor`), a callable from answer canvases to
+logits: no model class, so fake predictors test them and the composite model plugs in through one
+closure (which also owns each row's cached prompt + audio prefix). `diffusion_decode` is the
+Whisper-LLaDA authors' `decoding` mode (diffusion or semi-AR), batched with per-row schedules,
+randomness and ends, plus dLLM-ASR's `threshold` and `prune` as options.
+`whisper_llada.decoding.deliberation` and `whisper_llada.decoding.prior_guided` reuse the building
+blocks defined here (`predict`, `candidates_and_confidence`, `commit_top_k`, `denoise`); the canvas,
+the end rule, pruning and the read-off live in `whisper_llada.decoding.canvas`.
 
 Dimensions: B rows, L canvas positions (answer tokens), V vocabulary, R active rows (<= B).
 """
@@ -320,15 +320,15 @@ def diffusion_decode(
     what is left) and is done when no MASK remains before e. A later EOS committed left of e
     moves e left.
 
-    Options (`DiffusionOptions`): `threshold` tau commits every masked position of the block whose confidence is
-    >= tau, and never fewer than the schedule's k (hence at least the most confident one):
-    steps become data dependent and `steps` only an upper bound (with steps == gen_len the
-    floor is one token, Fast-dLLM's rule). `prune="first_pass"` is the released dLLM-ASR
-    code (with gen_len 256, block_length 128, steps 256, threshold 0.9): after the first step
-    the canvas is cut right before e, then every slot left is decoded, no end rule.
-    `prune="every_round"` cuts the canvas right after e after every step instead of filling
-    it with EOS. Both make later calls see shorter canvases. A block emptied by a cut costs no
-    call (the released code spends one pass on it: pass counts only, never tokens).
+    Options (`DiffusionOptions`): `threshold` tau commits every masked position of the block whose
+    confidence is >= tau, and never fewer than the schedule's k (hence at least the most confident
+    one): steps become data dependent and `steps` only an upper bound (with steps == gen_len the
+    floor is one token, Fast-dLLM's rule). `prune="first_pass"` is the released dLLM-ASR code (with
+    gen_len 256, block_length 128, steps 256, threshold 0.9): after the first step the canvas is cut
+    right before e, then every slot left is decoded, no end rule. `prune="every_round"` cuts the
+    canvas right after e after every step instead of filling it with EOS. Both make later calls see
+    shorter canvases. A block emptied by a cut costs no call (the released code spends one pass on
+    it: pass counts only, never tokens).
 
     Args:
         predictor: the mask predictor, called once per step with all active rows.

@@ -1,16 +1,15 @@
 """Prior-guided adaptive denoising (dLLM-ASR): a draft seeds and sizes the canvas, confident positions commit early.
 
 One row's canvas is its prior (the CTC draft, `whisper_llada.models.ctc`), then `margin` MASK slots,
-then one EOS: its size follows the draft instead of a fixed 128. Each round is one predictor
-call over the active rows; every pending position whose top probability is >= threshold is
-committed to its argmax, and always at least the most confident one (early exit).
-Length-adaptive pruning (`prune`, see whisper_llada.decoding.diffusion): "first_pass", as the released
-dLLM-ASR code prunes, cuts the canvas once, after the first round, right before the first
-committed EOS (the trailing EOS at the latest), then decodes every slot left; "every_round"
-cuts it after every round right after the first committed end; "none" fills what follows the
-first committed end with EOS. The answer is the canvas's non-special tokens.
-The prompt + audio prefix is the same every round; caching its keys and values is the
-predictor's business (it knows the rows through `rows`).
+then one EOS: its size follows the draft instead of a fixed 128. Each round is one predictor call
+over the active rows; every pending position whose top probability is >= threshold is committed to
+its argmax, and always at least the most confident one (early exit). Length-adaptive pruning
+(`prune`, see whisper_llada.decoding.diffusion): "first_pass", as the released dLLM-ASR code prunes,
+cuts the canvas once, after the first round, right before the first committed EOS (the trailing EOS
+at the latest), then decodes every slot left; "every_round" cuts it after every round right after
+the first committed end; "none" fills what follows the first committed end with EOS. The answer is
+the canvas's non-special tokens. The prompt + audio prefix is the same every round; caching its keys
+and values is the predictor's business (it knows the rows through `rows`).
 
 Choices made here where the dLLM-ASR paper is silent (systems.md):
 - The trailing EOS is committed from the start: it bounds the answer at prior + margin

