@@ -1,5 +1,9 @@
 """whisper_llada: speech recognition with diffusion language models (Whisper-LLaDA, dLLM-ASR).
 
+`load_model(...).transcribe(...)` is the Python API (`whisper_llada.api`), `whisper-llada` the
+command (`whisper_llada.cli`); the subpackages are the layers, lowest first: utils, models, data,
+decoding, evaluation, training (README, "Layout").
+
 Dimension legend used in every shape comment of the package:
     B batch, T mel frames, F encoder frames, A audio vectors, L text tokens,
     D width, V vocabulary, H heads.
