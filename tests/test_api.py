@@ -17,7 +17,7 @@ import soundfile as sf
 
 import inference
 from whisper_llada import load_model
-from whisper_llada.config import ConfigError
+from whisper_llada.config_strict import ConfigError
 from whisper_llada.evaluation.results import MERGED_NAME
 
 REPO = Path(__file__).resolve().parent.parent

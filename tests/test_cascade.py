@@ -11,7 +11,8 @@ import soundfile as sf
 import yaml
 
 import inference
-from whisper_llada.config import ConfigError, load_config
+from whisper_llada.config import load_config
+from whisper_llada.config_strict import ConfigError
 from whisper_llada.evaluation.cascade import first_pass_config
 from whisper_llada.evaluation.results import MERGED_NAME
 

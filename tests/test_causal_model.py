@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from whisper_llada.config import to_dict
+from whisper_llada.config_strict import to_dict
 from whisper_llada.data.audio import batch_features
 from whisper_llada.data.training_data import SpeechBatch
 from whisper_llada.models.build import build_model, merge_lora

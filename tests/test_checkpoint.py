@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from whisper_llada.config import load_config, to_dict
+from whisper_llada.config import load_config
+from whisper_llada.config_strict import to_dict
 from whisper_llada.data.audio import batch_features
 from whisper_llada.data.training_data import SpeechBatch
 from whisper_llada.models import checkpoint as ckpt

@@ -8,7 +8,8 @@ from typing import get_type_hints
 import pytest
 import yaml
 
-from whisper_llada.config import PATH_KEYS, Config, ConfigError, load_config, to_dict
+from whisper_llada.config import PATH_KEYS, Config, load_config
+from whisper_llada.config_strict import ConfigError, to_dict
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
 

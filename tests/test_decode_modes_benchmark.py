@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from whisper_llada.config import to_dict
+from whisper_llada.config_strict import to_dict
 from whisper_llada.evaluation.mode_comparison import AR_MODE
 from whisper_llada.evaluation.results import MERGED_NAME, read_records
 from whisper_llada.models.build import build_model

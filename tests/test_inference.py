@@ -298,7 +298,7 @@ def test_a_checkpoint_replaced_at_the_same_path_is_refused(
 def test_decoding_with_other_inputs_than_the_checkpoint_was_trained_with_is_refused(
     tiny_models, test_set, tiny_config, tmp_path
 ):
-    from whisper_llada.config import to_dict
+    from whisper_llada.config_strict import to_dict
     from whisper_llada.models.build import build_model
     from whisper_llada.models.checkpoint import save_checkpoint
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from whisper_llada.config import to_dict
+from whisper_llada.config_strict import to_dict
 from whisper_llada.models.build import build_model
 from whisper_llada.models.checkpoint import (
     CheckpointError,

@@ -13,7 +13,7 @@ PACKAGE = REPO / "whisper_llada"
 # Lowest first. The top-level modules (config, ...) sit above utils; the commands (smoke, the
 # API, the CLI) above every subpackage.
 LAYERS = ("utils", "config", "models", "data", "decoding", "evaluation", "training", "commands")
-CONFIG_MODULES = {"config", "config_paths", "model_parts_config"}
+CONFIG_MODULES = {"config", "config_paths", "config_strict", "model_parts_config"}
 # Ways to run code from a file path instead of importing a module of the package.
 FILE_LOADERS = {"spec_from_file_location", "SourceFileLoader", "run_path", "exec"}
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from whisper_llada.config import load_config, to_dict
+from whisper_llada.config import load_config
+from whisper_llada.config_strict import to_dict
 from whisper_llada.evaluation.metrics import normalize
 from whisper_llada.evaluation.result_files import default_name, read_results
 from whisper_llada.evaluation.results import Record, ShardWriter, merge_shards, shard_path

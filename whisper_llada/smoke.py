@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from whisper_llada.config import Config, load_config, to_dict
+from whisper_llada.config import Config, load_config
+from whisper_llada.config_strict import to_dict
 from whisper_llada.data.audio import batch_features, load_audio
 from whisper_llada.data.speech_synthesis import synthesize
 from whisper_llada.data.training_data import SpeechBatch

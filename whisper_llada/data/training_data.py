@@ -33,12 +33,8 @@ from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from whisper_llada.config import AudioConfig, DataConfig
 from whisper_llada.data.audio import AudioError
 from whisper_llada.data.feature_cache import FeatureCache, stack_features, utterance_features
-from whisper_llada.data.manifest import (
-    ManifestError,
-)
-from whisper_llada.data.training_cuts import (
-    cut_utterance,
-)
+from whisper_llada.data.manifest import ManifestError
+from whisper_llada.data.training_cuts import cut_utterance
 from whisper_llada.models.prompt import text_ids
 
 if TYPE_CHECKING:  # transformers is imported where the tokenizer is loaded

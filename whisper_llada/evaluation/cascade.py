@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
-from whisper_llada.config import Config, ConfigError, load_config
+from whisper_llada.config import Config, load_config
+from whisper_llada.config_strict import ConfigError
 from whisper_llada.decoding.recognize import Hypothesis, recognize
 from whisper_llada.evaluation.metrics import score
 from whisper_llada.evaluation.results import Record

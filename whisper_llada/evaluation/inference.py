@@ -17,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from whisper_llada.config import load_config, to_dict
+from whisper_llada.config import load_config
+from whisper_llada.config_strict import to_dict
 from whisper_llada.data.batching import shard
 from whisper_llada.data.manifest import read_manifest
 from whisper_llada.decoding.recognize import reads_manifest_first_pass

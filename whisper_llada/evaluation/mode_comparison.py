@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from whisper_llada.config import Config, to_dict
+from whisper_llada.config import Config
+from whisper_llada.config_strict import to_dict
 from whisper_llada.data.manifest import Utterance
 from whisper_llada.decoding.recognize import reads_manifest_first_pass
 from whisper_llada.evaluation.cascade import FirstPass, first_pass_config

@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast
 
-from whisper_llada.config import Config, changed_keys, to_dict
+from whisper_llada.config import Config, changed_keys
+from whisper_llada.config_strict import to_dict
 from whisper_llada.data.audio import SAMPLE_RATE, AudioError
 from whisper_llada.data.batching import make_batches
 from whisper_llada.data.encoder_cache import EncoderOutputCache

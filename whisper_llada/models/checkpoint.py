@@ -344,7 +344,8 @@ def main() -> None:
     )
     convert.add_argument("overrides", nargs="*", help="section.key=value for the config")
     args = parser.parse_args()
-    from whisper_llada.config import load_config, to_dict
+    from whisper_llada.config import load_config
+    from whisper_llada.config_strict import to_dict
 
     config = to_dict(load_config(args.config, args.overrides))
     try:

@@ -26,8 +26,9 @@ from typing import Any
 
 import yaml
 
-from whisper_llada.config import PATH_KEYS, Config, load_config, to_dict
+from whisper_llada.config import PATH_KEYS, Config, load_config
 from whisper_llada.config_paths import absolute_under, map_paths, relative_to
+from whisper_llada.config_strict import to_dict
 from whisper_llada.model_parts_config import LoraConfig
 from whisper_llada.models.build import build_model, merge_lora
 from whisper_llada.models.checkpoint import load_checkpoint, save_checkpoint

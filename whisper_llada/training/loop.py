@@ -41,7 +41,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from whisper_llada.config import Config, LossConfig, ModelConfig, load_config, to_dict
+from whisper_llada.config import Config, LossConfig, ModelConfig, load_config
+from whisper_llada.config_strict import to_dict
 from whisper_llada.data.encoder_cache import EncoderOutputCache
 from whisper_llada.data.training_cuts import read_cuts
 from whisper_llada.data.training_data import (
@@ -53,14 +54,8 @@ from whisper_llada.data.training_data import (
     data_loader,
     validation_batches,
 )
-from whisper_llada.evaluation.metrics import score
-from whisper_llada.models.checkpoint import (
-    save_checkpoint,
-)
-from whisper_llada.models.ctc import ctc_greedy_decode
-from whisper_llada.models.prompt import decode_text
 from whisper_llada.models.speech_llm import SpeechLLM
-from whisper_llada.training.objective import LossOutput, batch_audio, training_loss
+from whisper_llada.training.objective import LossOutput, training_loss
 from whisper_llada.training.optim import build_optimizer, lr_at, set_lr
 from whisper_llada.training.train_run import (
     ANSWER_LOSSES,
@@ -79,6 +74,7 @@ from whisper_llada.training.train_state import (
     restore_rng_state,
     seed_everything,
 )
+from whisper_llada.training.validation import evaluate
 from whisper_llada.utils.atomic_write import write_text_atomically
 from whisper_llada.utils.distributed import (
     DistInfo,
@@ -258,66 +254,6 @@ def train_step(run: Run, batches: Iterator[TrainingBatch]) -> tuple[Counter, flo
     run.progress.step += 1
     run.progress.bad_steps_in_a_row = 0
     return sums, grad_norm
-
-
-@torch.no_grad()
-def validate(run: Run, valid: list[CutSet]) -> dict[str, float | None]:
-    """Loss over the validation set with fixed masks, and CTC greedy WER on a few utterances.
-
-    Every call draws the same masks (a generator seeded with train.seed), so two validations
-    differ only by the weights. The WER (rank 0's first valid_wer_utterances, greedy CTC) needs
-    a CTC head; without one it is None: diffusion decoding is too slow for a quick check.
-    """
-    cfg = run.cfg
-    run.model.eval()
-    generator = torch.Generator(run.device).manual_seed(cfg.train.seed)
-    dataset = SpeechDataset(
-        run.tokenizer,
-        cfg.audio,
-        skip_bad_audio=cfg.data.skip_bad_audio,
-        feature_cache=cfg.data.feature_cache,
-    )
-    loader = data_loader(dataset, valid, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-    loss_sum, count = 0.0, 0
-    wanted = cfg.train.valid_wer_utterances if run.info.is_main and run.model.ctc_head else 0
-    scored: list[tuple[str, str, str]] = []
-    for batch in (b for b in loader if b.speech is not None):
-        with run.autocast():
-            speech = run.cached_frames(batch.to(run.device).speech)
-            loss_sum += training_loss(
-                run.model, speech, cfg.model, cfg.loss, generator
-            ).total.item() * len(batch.ids)
-            count += len(batch.ids)
-            if len(scored) < wanted:
-                audio = batch_audio(run.model, speech)
-                drafts = ctc_greedy_decode(run.model.ctc_logits(audio), audio.lengths)
-                texts = [decode_text(run.tokenizer, ids) for ids in drafts]
-                scored += list(zip(batch.ids, batch.texts, texts, strict=True))
-    totals = torch.tensor([loss_sum, count], dtype=torch.float64).to(run.device)
-    if dist.is_initialized():
-        dist.all_reduce(totals)
-    run.model.train()
-    loss = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
-    return {"valid_loss": loss, "valid_wer": score(scored[:wanted])[0].wer if scored else None}
-
-
-def evaluate(run: Run, valid: list[CutSet]) -> float:
-    """Validate, log, and write best.safetensors when the loss is the lowest so far."""
-    metrics = validate(run, valid)
-    loss, best = metrics["valid_loss"], run.progress.best_valid_loss
-    improved = math.isfinite(loss) and (best is None or loss < best)
-    if improved:
-        run.progress.best_valid_loss = loss  # the same on every rank: the loss is all-reduced
-    if run.log is not None:
-        run.log.write(run.progress.step, metrics)
-        if improved:
-            save_checkpoint(
-                run.model,
-                run.output_dir / "best.safetensors",
-                config=to_dict(run.cfg),
-                metadata={"step": run.progress.step, "valid_loss": loss},
-            )
-    return loss
 
 
 def train(run: Run, sampler: ResumableSampler, valid: list[CutSet], stop_at: int | None) -> None:

@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from whisper_llada.config import Config, to_dict
+from whisper_llada.config import Config
+from whisper_llada.config_strict import to_dict
 from whisper_llada.data.encoder_cache import EncoderOutputCache
 from whisper_llada.data.training_data import SpeechBatch, TrainingBatch
 from whisper_llada.models.build import build_model

@@ -25,7 +25,8 @@ from recipes.demo.corpus import (
     TRAIN_SPLIT,
     build_demo_corpus,
 )
-from whisper_llada.config import load_config, to_dict
+from whisper_llada.config import load_config
+from whisper_llada.config_strict import to_dict
 from whisper_llada.data.synthetic_corpus import read_planned_utterances
 from whisper_llada.evaluation.mode_comparison import (
     PAPER_MODE,
