@@ -16,6 +16,7 @@ from whisper_llada.data.audio import (
     N_SAMPLES,
     SAMPLE_RATE,
     AudioError,
+    as_waveform,
     audio_seconds,
     batch_features,
     load_audio,
@@ -294,3 +295,37 @@ def test_load_audio_rejects_bad_options(tmp_path) -> None:
         load_audio(tmp_path / "a.wav", too_long="cut")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_seconds must be positive or None"):
         load_audio(tmp_path / "a.wav", max_seconds=0)
+
+
+# ---------------------------------------------------------------- waveforms given in memory
+
+
+def test_a_waveform_is_checked_and_cut_as_its_file_would_be(tmp_path) -> None:
+    wave = noise_and_tone(2.5)
+    path = tmp_path / "clip.wav"
+    sf.write(path, wave, SAMPLE_RATE, subtype="FLOAT")
+    for limits in (
+        {"max_seconds": None, "too_long": "truncate"},
+        {"max_seconds": 30.0, "too_long": "error"},
+    ):
+        assert np.array_equal(as_waveform(wave, "w", **limits), load_audio(path, **limits))
+    with pytest.warns(UserWarning, match=r"^w: audio is 2\.50 s, longer than the 1 s limit"):
+        cut = as_waveform(wave, "w", max_seconds=1.0, too_long="truncate")
+    with pytest.warns(UserWarning):
+        assert np.array_equal(cut, load_audio(path, max_seconds=1.0, too_long="truncate"))
+    with pytest.raises(AudioError, match=r"^w: audio is 2\.50 s, longer than the 1 s limit; split"):
+        as_waveform(wave, "w", max_seconds=1.0, too_long="error")
+
+
+@pytest.mark.parametrize(
+    ("wave", "message"),
+    [
+        (np.zeros(0), "w: a waveform must be a non-empty (N,) array, got (0,)"),
+        (np.zeros((2, 5)), "w: a waveform must be a non-empty (N,) array, got (2, 5)"),
+        (np.array([0.1, np.nan]), "w: audio holds NaN or inf samples"),
+        (np.array([0.1, 3000.0]), "w: samples reach 3000, far outside the [-1, 1] of float audio"),
+    ],
+)
+def test_a_bad_waveform_is_refused_naming_it(wave, message) -> None:
+    with pytest.raises(AudioError, match="^" + re.escape(message)):
+        as_waveform(wave, "w", max_seconds=None, too_long="truncate")

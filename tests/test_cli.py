@@ -32,17 +32,24 @@ def files(tmp_path_factory, speech) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_models) -> list[str]:
-    """`--model configs/tiny.yaml` on the session's tiny models, a fast decode."""
+def overrides(tiny_models) -> list[str]:
+    """configs/tiny.yaml on the session's tiny models, a fast decode."""
     paths = [f"model.whisper_path={tiny_models.whisper}", f"model.llada_path={tiny_models.llada}"]
-    return ["--model", str(TINY), *(f"--set={o}" for o in (*paths, *DECODE))]
+    return [*paths, *DECODE]
 
 
-def test_transcribe_prints_and_writes_what_the_api_returns(tiny, files, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny(overrides) -> list[str]:
+    """The same as `transcribe` options: --model configs/tiny.yaml --set ..."""
+    return ["--model", str(TINY), *(f"--set={o}" for o in overrides)]
+
+
+def test_transcribe_prints_and_writes_what_the_api_returns(
+    tiny, overrides, files, tmp_path, capsys
+):
     out = tmp_path / "out"
     args = ["--mode", "prior_guided", "--threshold", "0.9", "--output_format", "all"]
     code = cli.main(["transcribe", *map(str, files), *tiny, *args, "--output_dir", str(out)])
-    overrides = [o.removeprefix("--set=") for o in tiny if o.startswith("--set=")]
     expected = load_model(TINY, overrides=overrides).transcribe(
         files, mode="prior_guided", first_pass="ctc", threshold=0.9
     )
@@ -100,10 +107,9 @@ def test_usage_errors_exit_2_and_help_0(argv, code, capsys):
     assert "usage: whisper-llada" in (printed := capsys.readouterr()).out + printed.err
 
 
-def test_decode_is_inference_py_and_score_its_scorer(tiny, files, tmp_path, capsys):
+def test_decode_is_inference_py_and_score_its_scorer(overrides, files, tmp_path, capsys):
     manifest = tmp_path / "test.jsonl"
     manifest.write_text("".join(json.dumps({"audio": str(f), "text": "a b"}) + "\n" for f in files))
-    overrides = [o.removeprefix("--set=") for o in tiny if o.startswith("--set=")]
     where = [f"inference.manifest={manifest}", "decode.mode=ctc"]
     assert (
         cli.main(

@@ -27,16 +27,21 @@ import yaml
 from tqdm import tqdm
 
 from whisper_llada.config import Config, load_config
-from whisper_llada.data.audio import SAMPLE_RATE, AudioError
+from whisper_llada.data.audio import AudioError, as_waveform
 from whisper_llada.data.batching import make_batches
 from whisper_llada.data.manifest import Utterance, load_wave
-from whisper_llada.decoding.recognize import FIRST_PASS_MODES, check_decode_settings, check_mode
+from whisper_llada.decoding.recognize import (
+    FIRST_PASS_MODES,
+    check_decode_settings,
+    check_mode,
+    reads_manifest_first_pass,
+)
 from whisper_llada.evaluation.cascade import FirstPass
 from whisper_llada.evaluation.results import Record
 from whisper_llada.evaluation.transcribe import decode_batch, load_decoder, load_first_pass
 
 MODEL_CONFIG = "config.yaml"  # in an exported model folder (`whisper_llada.models.export`)
-Audio = str | os.PathLike[str] | np.ndarray  # a file, or a (N,) float waveform at SAMPLE_RATE
+Audio = str | os.PathLike[str] | np.ndarray  # a file, or a (N,) float waveform at 16 kHz
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ class Recognizer:
 
         Args:
             audio: paths of audio files (any format soundfile reads, resampled to 16 kHz) or
-                (N,) waveforms at SAMPLE_RATE.
+                (N,) float waveforms at 16 kHz.
             first_passes: one first-pass transcript per input, for the deliberation and
                 prior-guided modes with decode.first_pass="manifest" (the config's default).
             batch_size: inputs per batch (default: the config's inference.batch_size, or its
@@ -195,7 +200,7 @@ def _utterances(
     cfg: Config, sources: list[str], first_passes: Sequence[str] | None
 ) -> list[Utterance]:
     """One Utterance per input (no reference), with its first pass where the mode reads one."""
-    reads = cfg.decode.first_pass == "manifest" and cfg.decode.mode in FIRST_PASS_MODES
+    reads = reads_manifest_first_pass(cfg.decode)
     if reads and first_passes is None:
         raise ValueError(
             f"decode.mode={cfg.decode.mode} starts from a first pass: give first_passes= "
@@ -219,17 +224,10 @@ def _source(item: Audio, index: int) -> str:
 
 def _wave(item: Audio, utt: Utterance, cfg: Config) -> np.ndarray:
     """The input's (N,) float32 waveform, through audio.max_seconds and audio.too_long."""
-    if not isinstance(item, np.ndarray):
-        return load_wave(utt, max_seconds=cfg.audio.max_seconds, too_long=cfg.audio.too_long)
-    wave = np.asarray(item, dtype=np.float32)
-    if wave.ndim != 1 or wave.size == 0:
-        raise AudioError(f"{utt.id}: a waveform must be a non-empty (N,) array, got {wave.shape}")
-    limit = cfg.audio.max_seconds
-    if limit is not None and wave.size > limit * SAMPLE_RATE:
-        if cfg.audio.too_long == "error":
-            raise AudioError(f"{utt.id}: {wave.size / SAMPLE_RATE:.2f} s is over {limit:g} s")
-        wave = wave[: round(limit * SAMPLE_RATE)]
-    return wave
+    limits = {"max_seconds": cfg.audio.max_seconds, "too_long": cfg.audio.too_long}
+    if isinstance(item, np.ndarray):
+        return as_waveform(item, utt.id, **limits)
+    return load_wave(utt, **limits)
 
 
 def _transcript(record: Record) -> Transcript:

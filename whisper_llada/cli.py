@@ -24,8 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import get_args, get_type_hints
 
-from whisper_llada.config import ConfigError, DecodeConfig
-from whisper_llada.decoding.recognize import FIRST_PASS_MODES
+from whisper_llada.config import DecodeConfig
+from whisper_llada.config_strict import ConfigError
 from whisper_llada.utils.atomic_write import write_text_atomically
 
 PROG = "whisper-llada"
@@ -88,7 +88,9 @@ def transcribe(argv: Sequence[str]) -> int:
     """`whisper-llada transcribe`; its exit code (1 when an input could not be decoded)."""
     args = transcribe_parser().parse_args(argv)
     outputs = output_paths(args.audio, args.output_dir, OUTPUT_FORMATS[args.output_format])
-    from whisper_llada.api import load_model  # torch and the models only past the usage checks
+    # torch and the models only past the usage checks
+    from whisper_llada.api import load_model
+    from whisper_llada.decoding.recognize import reads_manifest_first_pass
 
     decode = {key: getattr(args, option) for option, (key, _, _) in DECODE_OPTIONS.items()}
     decode = {key: value for key, value in decode.items() if value is not None}
@@ -99,11 +101,10 @@ def transcribe(argv: Sequence[str]) -> int:
             args.model, args.checkpoint, overrides=args.overrides, device=args.device
         )
         cfg = model.decode_config(**decode)
-        first_pass = args.first_pass
-        if first_pass is None and cfg.decode.mode in FIRST_PASS_MODES:
-            first_pass = "ctc" if cfg.decode.first_pass == "manifest" else None
-        if first_pass is not None:
-            decode["first_pass"] = first_pass
+        if args.first_pass is not None:
+            decode["first_pass"] = args.first_pass
+        elif reads_manifest_first_pass(cfg.decode):  # a command line has no manifest
+            decode["first_pass"] = "ctc"
         transcripts = model.transcribe(
             args.audio, batch_size=args.batch_size, progress=not args.no_progress, **decode
         )

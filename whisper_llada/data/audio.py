@@ -92,21 +92,50 @@ def load_audio(
         ) from error
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: audio file is empty (0 samples); remove it from the data")
-    if not np.isfinite(samples).all():
-        raise AudioError(f"{path}: audio holds NaN or inf samples; re-encode or remove the file")
-    peak = float(np.abs(samples).max())
-    if peak > MAX_SAMPLE_PEAK:  # only float files can: integer ones read back within [-1, 1]
-        raise AudioError(
-            f"{path}: samples reach {peak:.4g}, far outside the [-1, 1] of float audio (e.g. "
-            "floats written at int16 scale); rescale the file to [-1, 1] or store it as 16-bit PCM"
-        )
-
+    check_samples(samples, path)
     wave = samples.mean(axis=1, dtype=np.float32)  # (N,)
     if file_rate != SAMPLE_RATE:
         wave = soxr.resample(wave, file_rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY)
     if max_seconds is not None:
         wave = _limit_duration(wave, path, max_seconds, too_long)
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def check_samples(samples: np.ndarray, source: str | os.PathLike[str]) -> None:
+    """Stop on NaN / inf samples, or a peak far beyond the [-1, 1] of float audio.
+
+    Raises:
+        AudioError: naming `source` (a file, or how the caller names a waveform).
+    """
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{source}: audio holds NaN or inf samples; re-encode or remove the file")
+    peak = float(np.abs(samples).max())
+    if peak > MAX_SAMPLE_PEAK:  # only float files can: integer ones read back within [-1, 1]
+        raise AudioError(
+            f"{source}: samples reach {peak:.4g}, far outside the [-1, 1] of float audio (e.g. "
+            "floats written at int16 scale); rescale the file to [-1, 1] or store it as 16-bit PCM"
+        )
+
+
+def as_waveform(
+    wave: np.ndarray, source: str, *, max_seconds: float | None, too_long: TooLongPolicy
+) -> np.ndarray:
+    """A waveform given in memory (16 kHz mono), checked and cut as `load_audio` does a file's.
+
+    Returns:
+        wave: (N,) float32, N > 0.
+
+    Raises:
+        AudioError: not a non-empty (N,) array, NaN / inf or out-of-range samples, or too long
+            with too_long="error"; the message starts with `source`.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1 or wave.size == 0:
+        raise AudioError(f"{source}: a waveform must be a non-empty (N,) array, got {wave.shape}")
+    check_samples(wave, source)
+    if max_seconds is not None:
+        wave = _limit_duration(wave, source, max_seconds, too_long)
+    return np.ascontiguousarray(wave)
 
 
 def _limit_duration(
